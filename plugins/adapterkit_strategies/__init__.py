@@ -1,0 +1,1 @@
+"""The built-in strategies, registered through the same hook a third-party plugin uses."""

@@ -1,0 +1,71 @@
+"""The Task protocol: how a kind of data becomes batches, a loss and metrics.
+
+Register a task class with the `register_tasks` hook. Tasks are stateless; every method receives the
+task's parsed `options`. Batches are plain dicts of tensors; each must hold `attention_mask` (the
+trainer counts non-padding tokens from it).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    import torch
+    from torch import nn
+
+    from adapterkit.models import ModelSource
+    from adapterkit.strategy import ModelParts
+
+
+@runtime_checkable
+class Task(Protocol):
+    name: ClassVar[str]
+    Options: ClassVar[type]
+    description: ClassVar[str]
+    # The eval metric used to pick the best checkpoint, and whether higher is better.
+    selection_metric: ClassVar[str]
+    higher_is_better: ClassVar[bool]
+
+    def model_parts(self, source: ModelSource, options: Any) -> ModelParts:
+        """Which modules form the head, from the model's config alone (no weights read)."""
+        ...
+
+    def load_model(
+        self, source: ModelSource, options: Any, load_kwargs: dict[str, Any]
+    ) -> tuple[nn.Module, Any]:
+        """Load (model, tokenizer) for this task, passing `load_kwargs` to `from_pretrained`."""
+        ...
+
+    def read(self, path: Path, options: Any) -> list[dict[str, Any]]:
+        """Read a data file into rows; a bad line raises DataError naming the file and line."""
+        ...
+
+    def encode(self, rows: list[dict[str, Any]], tokenizer: Any, options: Any) -> list[dict]:
+        """Tokenize rows into examples (lists of ids, labels). May drop rows; says how many."""
+        ...
+
+    def collate(self, examples: list[dict], tokenizer: Any, options: Any) -> dict[str, torch.Tensor]:
+        """Pad a list of examples into one batch."""
+        ...
+
+    def targets(self, batch: dict[str, torch.Tensor]) -> int:
+        """How many loss terms the batch holds (response tokens, examples, labelled words).
+
+        The trainer divides summed losses by the total over an accumulation window, so batch
+        size and accumulation do not change the gradient.
+        """
+        ...
+
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The *summed* (not averaged) loss over the batch's targets."""
+        ...
+
+    def evaluate(self, model: nn.Module, batches: list[dict[str, torch.Tensor]], options: Any) -> dict:
+        """Metrics over all batches, including `eval_loss` (mean per target over the whole set)."""
+        ...
+
+    def manifest(self, options: Any, tokenizer: Any) -> dict[str, Any]:
+        """What a reloaded adapter needs to use this task again (prompt format, label names)."""
+        ...

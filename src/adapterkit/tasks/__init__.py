@@ -1,0 +1,17 @@
+"""Built-in tasks, registered through the same hook a third-party plugin uses.
+
+Task modules import torch lazily; importing this package only names the classes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from adapterkit.hookspecs import hookimpl
+
+
+@hookimpl
+def register_tasks(register: Callable[[type[Any]], None]) -> None:
+    from adapterkit.tasks.causal_lm import CausalLM
+
+    register(CausalLM)

@@ -1,0 +1,98 @@
+"""Tiny random models and a tiny tokenizer, built from configs in milliseconds.
+
+For adapterkit's own tests and for plugin authors testing a strategy without downloading anything.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+# SmolLM2's chat template (ChatML), so tiny models render prompts the way the embedded default does.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+_WORDS = (
+    "the a an is are was be to of and in on for with it this that you i he she we they what how "
+    "why who when where write give list name tell explain describe make find answer question "
+    "yes no good bad one two three four five six seven eight nine ten hello world cat dog sun "
+    "moon red blue green big small fast slow happy sad day night water fire tree book"
+).split()
+
+
+def tiny_tokenizer() -> Any:
+    """A word-level fast tokenizer (~100 tokens) with ChatML specials; pad = end-of-turn like SmolLM2."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<unk>", "<|im_start|>", "<|im_end|>"]
+    vocab = {tok: i for i, tok in enumerate(specials + ["\n", "system", "user", "assistant"])}
+    for w in [*_WORDS, ".", ",", "?", "!", ":"]:
+        vocab.setdefault(w, len(vocab))
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Split("\n", "isolated"), pre_tokenizers.WhitespaceSplit()]
+    )
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        unk_token="<unk>",
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        pad_token="<|im_end|>",
+    )
+    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tok.chat_template = CHATML_TEMPLATE
+    return tok
+
+
+def tiny_llama_config(tied: bool = True, vocab_size: int = 128, layers: int = 2) -> Any:
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=tied,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+    )
+
+
+def tiny_bert_config(vocab_size: int = 128, layers: int = 2) -> Any:
+    from transformers import BertConfig
+
+    return BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        max_position_embeddings=256,
+        pad_token_id=0,
+    )
+
+
+def tiny_llama(tied: bool = True, seed: int = 0, layers: int = 2) -> Any:
+    """A random LlamaForCausalLM with 2 blocks, hidden size 32."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(tiny_llama_config(tied=tied, layers=layers)).eval()
+
+
+def save_tiny_llama_dir(path: Path, tied: bool = True, seed: int = 0) -> Path:
+    """Write a tiny Llama plus the tiny tokenizer as a local HF directory (safetensors)."""
+    model = tiny_llama(tied=tied, seed=seed)
+    model.save_pretrained(path)
+    tiny_tokenizer().save_pretrained(path)
+    return Path(path)
