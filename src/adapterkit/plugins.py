@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Callable
 from importlib import import_module, metadata
-from typing import Any, Callable
+from typing import Any
 
 import pluggy
 
@@ -61,6 +62,8 @@ def get_plugin_manager() -> pluggy.PluginManager:
                 f"{type(exc).__name__}: {exc}. Fix or uninstall it, or set "
                 f"ADAPTERKIT_DISABLE_PLUGINS={ep.name}"
             ) from exc
+        if pm.is_registered(plugin):  # e.g. a built-in also published as an entry point
+            continue
         try:
             pm.register(plugin, name=ep.name)
         except Exception as exc:
@@ -89,7 +92,14 @@ def build_registry(pm: pluggy.PluginManager) -> Registry:
         # get_hookimpls lists implementations last-registered first; built-ins must come first.
         for impl in reversed(getattr(pm.hook, hook_name).get_hookimpls()):
             owner = infos[impl.plugin_name]
-            impl.function(register=_registrar(registry, kind, owner))
+            try:
+                impl.function(register=_registrar(registry, kind, owner))
+            except PluginError:
+                raise
+            except Exception as exc:
+                raise PluginError(
+                    f"{owner} failed in {hook_name}: {type(exc).__name__}: {exc}"
+                ) from exc
     return registry
 
 
@@ -101,6 +111,12 @@ def _registrar(registry: Registry, kind: Kind, owner: PluginInfo) -> Callable[[A
 
 
 @functools.cache
+def plugin_manager() -> pluggy.PluginManager:
+    """The process-wide plugin manager (discovery runs once)."""
+    return get_plugin_manager()
+
+
+@functools.cache
 def load_registry() -> Registry:
-    """The process-wide registry (discovery runs once)."""
-    return build_registry(get_plugin_manager())
+    """The process-wide registry, built from `plugin_manager()`."""
+    return build_registry(plugin_manager())

@@ -205,3 +205,24 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
         if p.requires_grad:
             trainable += n
     return trainable, total
+
+
+def load_trainable_tensors(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """Copy an adapter saved from `trainable_state_dict` back into `model`, checking it fits exactly.
+
+    The adapter must name every trainable parameter once (tied ones under their first name) and
+    nothing else: a stray name means another strategy or options made it, a missing one would leave
+    part of the trained model at its base weights without anyone noticing.
+    """
+    from adapterkit.errors import AdapterError
+
+    expected = set(trainable_state_dict(model))
+    missing, stray = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
+    if missing or stray:
+        raise AdapterError(
+            "adapter tensors do not match the trainable parameters of the model "
+            f"(missing: {missing[:5]}{' ...' if len(missing) > 5 else ''}; "
+            f"unexpected: {stray[:5]}{' ...' if len(stray) > 5 else ''}); "
+            "was it trained with other strategy options or another model?"
+        )
+    load_named_tensors(model, tensors)

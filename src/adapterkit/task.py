@@ -46,7 +46,9 @@ class Task(Protocol):
         """Tokenize rows into examples (lists of ids, labels). May drop rows; says how many."""
         ...
 
-    def collate(self, examples: list[dict], tokenizer: Any, options: Any) -> dict[str, torch.Tensor]:
+    def collate(
+        self, examples: list[dict], tokenizer: Any, options: Any
+    ) -> dict[str, torch.Tensor]:
         """Pad a list of examples into one batch."""
         ...
 
@@ -62,7 +64,9 @@ class Task(Protocol):
         """The *summed* (not averaged) loss over the batch's targets."""
         ...
 
-    def evaluate(self, model: nn.Module, batches: list[dict[str, torch.Tensor]], options: Any) -> dict:
+    def evaluate(
+        self, model: nn.Module, batches: list[dict[str, torch.Tensor]], options: Any
+    ) -> dict:
         """Metrics over all batches, including `eval_loss` (mean per target over the whole set)."""
         ...
 

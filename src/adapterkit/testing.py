@@ -30,7 +30,7 @@ def tiny_tokenizer() -> Any:
     from transformers import PreTrainedTokenizerFast
 
     specials = ["<unk>", "<|im_start|>", "<|im_end|>"]
-    vocab = {tok: i for i, tok in enumerate(specials + ["\n", "system", "user", "assistant"])}
+    vocab = {tok: i for i, tok in enumerate([*specials, "\n", "system", "user", "assistant"])}
     for w in [*_WORDS, ".", ",", "?", "!", ":"]:
         vocab.setdefault(w, len(vocab))
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))

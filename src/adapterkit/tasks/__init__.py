@@ -5,7 +5,8 @@ Task modules import torch lazily; importing this package only names the classes.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from adapterkit.hookspecs import hookimpl
 

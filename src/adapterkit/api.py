@@ -1,0 +1,249 @@
+"""The Python API: the data flow of DESIGN.md composed once. The CLI and `compare` call these.
+
+from adapterkit import api
+from adapterkit.recipe import resolve
+
+metrics = api.train(resolve("recipes/smollm2/lora.yaml", ["train.max_steps=10"]), Path("runs/x"))
+model = api.load(Path("runs/x"))                 # base + adapter, ready for inference
+print(api.generate("Name three colours.", adapter=Path("runs/x")))
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import platform
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from adapterkit import __version__, models
+from adapterkit import options as opts
+from adapterkit.errors import AdapterError, UserError
+from adapterkit.recipe import Recipe
+
+log = logging.getLogger("adapterkit")
+
+
+@dataclasses.dataclass
+class Loaded:
+    """A base model with an adapter applied, and what is needed to use it."""
+
+    model: Any
+    tokenizer: Any
+    task: Any
+    task_options: Any
+    strategy: Any
+    strategy_options: Any
+    manifest: dict[str, Any]
+
+
+def _versions() -> dict[str, str]:
+    from importlib import metadata
+
+    out = {"adapterkit": __version__, "python": platform.python_version()}
+    for dist in ("torch", "transformers", "peft", "bitsandbytes", "safetensors", "accelerate"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            out[dist] = metadata.version(dist)
+    return out
+
+
+def _manifest(recipe: Recipe, source: models.ModelSource, task: Any, tokenizer: Any) -> dict:
+    return {
+        "format": "adapterkit-adapter",
+        "format_version": 1,
+        "strategy": {
+            "name": recipe.strategy.name,
+            "options": opts.as_dict(recipe.strategy.options),
+        },
+        "task": {
+            "name": recipe.task.name,
+            "options": opts.as_dict(recipe.task.options),
+            **task.manifest(recipe.task.options, tokenizer),
+        },
+        "base_model": {
+            "name": recipe.model.name,
+            "fingerprint": models.fingerprint(source),
+            "gguf_sha256": source.gguf_sha256,
+            "dtype": recipe.model.dtype,
+            "trust_remote_code": recipe.model.trust_remote_code,
+        },
+        "versions": _versions(),
+    }
+
+
+def _load_kwargs(strategy: Any, strategy_options: Any, parts: Any, model_cfg: Any) -> dict:
+    import torch
+
+    kwargs = {"dtype": getattr(torch, model_cfg.dtype)}
+    if model_cfg.trust_remote_code:
+        kwargs["trust_remote_code"] = True
+    kwargs.update(strategy.load_kwargs(strategy_options, parts))
+    return kwargs
+
+
+def _read(task: Any, path: str, task_options: Any, limit: int | None) -> list[dict]:
+    rows = task.read(Path(path), task_options)
+    return rows[:limit] if limit else rows
+
+
+def train(recipe: Recipe, out_dir: Path, progress: bool = True) -> dict[str, Any]:
+    """Train as `recipe` says; the adapter, logs and metrics.json land in `out_dir`."""
+    from adapterkit import adapter_io, trainer
+    from adapterkit.plugins import load_registry
+
+    registry = load_registry()
+    strategy = registry.strategy(recipe.strategy.name)
+    task = registry.task(recipe.task.name)
+    s_opts, t_opts = recipe.strategy.options, recipe.task.options
+
+    # Read data before the model: a bad line should cost milliseconds, not a model load.
+    train_rows = _read(task, recipe.data.train, t_opts, recipe.data.max_train_rows)
+    eval_rows = (
+        _read(task, recipe.data.eval, t_opts, recipe.data.max_eval_rows)
+        if recipe.data.eval
+        else None
+    )
+
+    source = models.resolve(recipe.model.name)
+    parts = task.model_parts(source, t_opts)
+    trainer.seed_everything(recipe.train.seed)  # a new head's init depends on it
+    model, tokenizer = task.load_model(
+        source, t_opts, _load_kwargs(strategy, s_opts, parts, recipe.model)
+    )
+    model = strategy.apply(model, s_opts, parts)
+
+    train_examples = task.encode(train_rows, tokenizer, t_opts)
+    eval_examples = task.encode(eval_rows, tokenizer, t_opts) if eval_rows else None
+    if not train_examples:
+        raise UserError(
+            f"{recipe.data.train}: no usable training rows (all dropped by truncation?)"
+        )
+
+    manifest = _manifest(recipe, source, task, tokenizer)
+    resolved_yaml = yaml.safe_dump(recipe.to_dict(), sort_keys=False).encode()
+
+    def save(model: Any, path: Path) -> int:
+        extra = dict(getattr(strategy, "extra_files", lambda m, o: {})(model, s_opts))
+        extra["recipe.yaml"] = resolved_yaml
+        return adapter_io.save_adapter(
+            path, strategy.adapter_state_dict(model, s_opts), manifest, extra
+        )
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return trainer.fit(
+        model,
+        task,
+        t_opts,
+        train_examples,
+        eval_examples,
+        recipe.train,
+        out_dir,
+        tokenizer=tokenizer,
+        adapter_tensors=lambda m: strategy.adapter_state_dict(m, s_opts),
+        save_adapter=save,
+        progress=progress,
+    )
+
+
+def load(adapter_dir: Path, base: str | None = None) -> Loaded:
+    """Load the base model named in the adapter's manifest (or `base`) and apply the adapter.
+
+    Never runs code from the adapter: safetensors only, trust_remote_code as the recipe recorded.
+    """
+    from adapterkit import adapter_io
+    from adapterkit.plugins import load_registry
+
+    manifest, tensors = adapter_io.read_adapter(Path(adapter_dir))
+    registry = load_registry()
+    try:
+        s_name, t_name = manifest["strategy"]["name"], manifest["task"]["name"]
+        base_info = manifest["base_model"]
+    except (KeyError, TypeError) as exc:
+        raise AdapterError(f"{adapter_dir}/adapterkit.json: missing field {exc}") from None
+    strategy, task = registry.strategy(s_name), registry.task(t_name)
+    s_opts, s_err = opts.parse(
+        type(strategy).Options, manifest["strategy"].get("options"), "strategy"
+    )
+    t_opts, t_err = opts.parse(type(task).Options, manifest["task"].get("options"), "task")
+    if s_err or t_err:
+        raise AdapterError(f"{adapter_dir}/adapterkit.json: " + "; ".join(s_err + t_err))
+
+    source = models.resolve(base or base_info["name"])
+    adapter_io.check_base(manifest, models.fingerprint(source), source.name)
+    parts = task.model_parts(source, t_opts)
+    model_cfg = _ModelCfg(
+        base_info.get("dtype", "float32"), bool(base_info.get("trust_remote_code"))
+    )
+    model, tokenizer = task.load_model(
+        source, t_opts, _load_kwargs(strategy, s_opts, parts, model_cfg)
+    )
+    model = strategy.apply(model, s_opts, parts)
+    strategy.load_adapter_state_dict(model, tensors, s_opts)
+    model.eval()
+    return Loaded(model, tokenizer, task, t_opts, strategy, s_opts, manifest)
+
+
+@dataclasses.dataclass
+class _ModelCfg:
+    dtype: str
+    trust_remote_code: bool
+
+
+def evaluate(adapter_dir: Path, data: Path, batch_size: int = 8) -> dict[str, Any]:
+    """The task's metrics for an adapter on a data file in the task's training format."""
+    loaded = load(adapter_dir)
+    rows = loaded.task.read(Path(data), loaded.task_options)
+    examples = loaded.task.encode(rows, loaded.tokenizer, loaded.task_options)
+    if not examples:
+        raise UserError(f"{data}: no usable rows")
+    batches = [
+        loaded.task.collate(examples[i : i + batch_size], loaded.tokenizer, loaded.task_options)
+        for i in range(0, len(examples), batch_size)
+    ]
+    import torch
+
+    with torch.no_grad():
+        return loaded.task.evaluate(loaded.model, batches, loaded.task_options)
+
+
+def generate(
+    prompt: str, adapter: Path | None = None, model: str | None = None, max_new_tokens: int = 128
+) -> str:
+    """Greedy answer to `prompt` in the task's chat format, with an adapter or a bare base model."""
+    if adapter is not None:
+        loaded = load(adapter)
+        task, t_opts, m, tok = loaded.task, loaded.task_options, loaded.model, loaded.tokenizer
+    else:
+        from adapterkit.plugins import load_registry
+
+        task = load_registry().task("causal_lm")
+        t_opts, _ = opts.parse(type(task).Options, {}, "task")
+        m, tok = task.load_model(models.resolve(model), t_opts, {})
+        m.eval()
+    if not hasattr(task, "generate"):
+        raise UserError(f"task '{task.name}' does not generate text; use `adapterkit predict`")
+    return task.generate(m, tok, prompt, t_opts, max_new_tokens=max_new_tokens)
+
+
+def summary(metrics: dict[str, Any], out_dir: Path) -> str:
+    """A few lines for the terminal after training."""
+    lines = [f"adapter: {out_dir}"]
+    for key in (
+        "trainable_params",
+        "trainable_percent",
+        "adapter_bytes",
+        "train_loss",
+        "tokens_per_s",
+        "peak_memory_bytes",
+        "wall_time_s",
+    ):
+        if key in metrics:
+            lines.append(f"  {key}: {metrics[key]}")
+    for key in ("final_eval", "best_eval"):
+        if metrics.get(key):
+            lines.append(f"  {key}: " + json.dumps(metrics[key]))
+    return "\n".join(lines)

@@ -1,0 +1,194 @@
+"""The `adapterkit` command: a thin click layer over api.py.
+
+Heavy libraries load inside commands, so `adapterkit --help` and the listing commands stay instant.
+User errors (adapterkit.errors.UserError) print one message and exit 2; `--debug` shows tracebacks.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from adapterkit.errors import UserError
+
+
+class _Group(click.Group):
+    """Turns UserError into a short message and exit status 2 (traceback only with --debug)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except UserError as exc:
+            if ctx.meta.get("adapterkit.debug"):
+                raise
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show full tracebacks for user errors.")
+@click.version_option(package_name="adapterkit")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """Fine-tune language models with interchangeable strategies (full, head, last_n, lora, qlora).
+
+    Start with `adapterkit train recipes/smollm2/lora.yaml`; list what is installed with
+    `adapterkit strategies`, `adapterkit tasks` and `adapterkit plugins`.
+    """
+    ctx.meta["adapterkit.debug"] = debug
+
+
+def _registry() -> Any:
+    from adapterkit.plugins import load_registry
+
+    return load_registry()
+
+
+def _option_rows(cls: type) -> list[dict[str, Any]]:
+    from adapterkit.options import describe
+
+    return [dict(vars(o)) for o in describe(cls.Options)]
+
+
+def _list(kind: str, as_json: bool) -> None:
+    reg = _registry()
+    items = []
+    for name in reg.names(kind):
+        cls = reg.classes[kind][name]
+        owner = reg.owners[(kind, name)]
+        items.append(
+            {
+                "name": name,
+                "description": getattr(cls, "description", "") or (cls.__doc__ or "").strip(),
+                "plugin": owner.name,
+                "distribution": owner.distribution,
+                "options": _option_rows(cls),
+            }
+        )
+    if as_json:
+        click.echo(json.dumps(items, indent=2, default=str))
+        return
+    for item in items:
+        click.secho(item["name"], bold=True, nl=False)
+        click.echo(f"  ({item['distribution']})  {item['description'].splitlines()[0]}")
+        for o in item["options"]:
+            click.echo(f"    {o['name']}: {o['type']} = {o['default']!r}  {o['help']}")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def strategies(as_json: bool) -> None:
+    """List registered strategies with their options (type, default, help)."""
+    _list("strategy", as_json)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def tasks(as_json: bool) -> None:
+    """List registered tasks with their options (type, default, help)."""
+    _list("task", as_json)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def plugins(as_json: bool) -> None:
+    """List loaded plugins: name, distribution, version, hooks."""
+    rows = [dict(vars(p)) for p in _registry().plugins]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for p in rows:
+        click.echo(f"{p['name']}  {p['distribution']} {p['version']}  {', '.join(p['hooks'])}")
+
+
+@cli.group()
+def recipes() -> None:
+    """Work with recipe files."""
+
+
+@recipes.command("validate")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+def recipes_validate(paths: tuple[Path, ...]) -> None:
+    """Check recipes without loading any model; report every problem of every file."""
+    from adapterkit.recipe import resolve
+
+    failed = []
+    for path in paths:
+        try:
+            resolve(path)
+            click.echo(f"ok  {path}")
+        except UserError as exc:
+            failed.append(str(exc))
+    if failed:
+        raise UserError("\n".join(failed))
+
+
+@cli.command(context_settings={"ignore_unknown_options": False})
+@click.argument("recipe", type=click.Path(path_type=Path))
+@click.argument("overrides", nargs=-1)
+@click.option("--out", type=click.Path(path_type=Path), help="Output directory [runs/<recipe>].")
+@click.option("--no-progress", is_flag=True, help="No progress bar (logs still written).")
+def train(recipe: Path, overrides: tuple[str, ...], out: Path | None, no_progress: bool) -> None:
+    """Fine-tune as RECIPE says; OVERRIDES are section.key=value (e.g. train.max_steps=10)."""
+    from adapterkit import api
+    from adapterkit.recipe import resolve
+
+    resolved = resolve(recipe, overrides)
+    out = out or Path("runs") / recipe.stem
+    metrics = api.train(resolved, out, progress=not no_progress)
+    click.echo(api.summary(metrics, out))
+
+
+@cli.command("eval")
+@click.option("--adapter", type=click.Path(path_type=Path), required=True)
+@click.option("--data", type=click.Path(path_type=Path), required=True)
+@click.option("--batch-size", type=int, default=8, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def eval_(adapter: Path, data: Path, batch_size: int, as_json: bool) -> None:
+    """Score an adapter on a data file in its task's format; print the task's metrics."""
+    from adapterkit import api
+
+    metrics = api.evaluate(adapter, data, batch_size=batch_size)
+    if as_json:
+        click.echo(json.dumps(metrics, indent=2))
+    else:
+        for k, v in metrics.items():
+            click.echo(f"{k}: {v:.6g}" if isinstance(v, float) else f"{k}: {v}")
+
+
+@cli.command()
+@click.argument("prompt")
+@click.option("--adapter", type=click.Path(path_type=Path), help="Adapter directory.")
+@click.option("--model", help="Base model without an adapter (short name or path).")
+@click.option("--max-new-tokens", type=int, default=128, show_default=True)
+def generate(prompt: str, adapter: Path | None, model: str | None, max_new_tokens: int) -> None:
+    """Answer PROMPT with a causal-LM adapter (same chat format as training)."""
+    from adapterkit import api
+
+    if (adapter is None) == (model is None):
+        raise UserError("give exactly one of --adapter DIR or --model NAME")
+    click.echo(api.generate(prompt, adapter=adapter, model=model, max_new_tokens=max_new_tokens))
+
+
+def _add_plugin_commands() -> None:
+    """Let plugins add commands (the register_commands hook)."""
+    from adapterkit.plugins import plugin_manager
+
+    plugin_manager().hook.register_commands(cli=cli)
+
+
+def main() -> None:
+    try:
+        _add_plugin_commands()
+    except UserError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    cli()
+
+
+if __name__ == "__main__":
+    main()
