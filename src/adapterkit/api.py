@@ -15,6 +15,7 @@ import dataclasses
 import json
 import logging
 import platform
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -90,10 +91,44 @@ def _read(task: Any, path: str, task_options: Any, limit: int | None) -> list[di
     return rows[:limit] if limit else rows
 
 
-def train(recipe: Recipe, out_dir: Path, progress: bool = True) -> dict[str, Any]:
+RUN_FILES = ("log.jsonl", "metrics.json", "best", "checkpoints")
+
+
+def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
+    """Refuse to train into a directory holding anything, unless told to replace a previous run."""
+    from adapterkit.adapter_io import MANIFEST
+
+    if not out_dir.exists() or not any(out_dir.iterdir()):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        return
+    if not overwrite:
+        raise UserError(
+            f"{out_dir}: already exists and is not empty; pass --overwrite to replace the run "
+            "there, or choose another --out"
+        )
+    if not ((out_dir / MANIFEST).is_file() or (out_dir / "log.jsonl").is_file()):
+        raise UserError(
+            f"{out_dir}: is not an adapterkit run directory (no {MANIFEST}, no log.jsonl); "
+            "refusing to overwrite it, choose another --out"
+        )
+    # A previous run's best/ and checkpoints/ must not pass for this run's.
+    for name in RUN_FILES:
+        path = out_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def train(
+    recipe: Recipe, out_dir: Path, progress: bool = True, overwrite: bool = False
+) -> dict[str, Any]:
     """Train as `recipe` says; the adapter, logs and metrics.json land in `out_dir`."""
     from adapterkit import adapter_io, trainer
     from adapterkit.plugins import load_registry
+
+    out_dir = Path(out_dir)
+    _prepare_out_dir(out_dir, overwrite)
 
     registry = load_registry()
     strategy = registry.strategy(recipe.strategy.name)
@@ -110,7 +145,7 @@ def train(recipe: Recipe, out_dir: Path, progress: bool = True) -> dict[str, Any
 
     source = models.resolve(recipe.model.name)
     parts = task.model_parts(source, t_opts)
-    trainer.seed_everything(recipe.train.seed)  # a new head's init depends on it
+    trainer.seed(recipe.train.seed)  # a new head's initialisation depends on it
     model, tokenizer = task.load_model(
         source, t_opts, _load_kwargs(strategy, s_opts, parts, recipe.model)
     )
@@ -133,7 +168,6 @@ def train(recipe: Recipe, out_dir: Path, progress: bool = True) -> dict[str, Any
             path, strategy.adapter_state_dict(model, s_opts), manifest, extra
         )
 
-    out_dir.mkdir(parents=True, exist_ok=True)
     return trainer.fit(
         model,
         task,

@@ -131,15 +131,18 @@ def recipes_validate(paths: tuple[Path, ...]) -> None:
 @click.argument("recipe", type=click.Path(path_type=Path))
 @click.argument("overrides", nargs=-1)
 @click.option("--out", type=click.Path(path_type=Path), help="Output directory [runs/<recipe>].")
+@click.option("--overwrite", is_flag=True, help="Replace a previous run in --out.")
 @click.option("--no-progress", is_flag=True, help="No progress bar (logs still written).")
-def train(recipe: Path, overrides: tuple[str, ...], out: Path | None, no_progress: bool) -> None:
+def train(
+    recipe: Path, overrides: tuple[str, ...], out: Path | None, overwrite: bool, no_progress: bool
+) -> None:
     """Fine-tune as RECIPE says; OVERRIDES are section.key=value (e.g. train.max_steps=10)."""
     from adapterkit import api
     from adapterkit.recipe import resolve
 
     resolved = resolve(recipe, overrides)
     out = out or Path("runs") / recipe.stem
-    metrics = api.train(resolved, out, progress=not no_progress)
+    metrics = api.train(resolved, out, progress=not no_progress, overwrite=overwrite)
     click.echo(api.summary(metrics, out))
 
 

@@ -4,7 +4,7 @@
     task:     {name, options}
     data:     {train, eval, max_train_rows, max_eval_rows}
     strategy: {name, options}
-    train:    TrainConfig (steps, batch, schedule, precision, ...)
+    train:    adapterkit.trainer.TrainConfig (steps, batch, schedule, precision, ...)
 
 `resolve` fills defaults and parses the strategy's and task's options into their dataclasses before
 anything heavy loads (no torch import), so a typo costs milliseconds, not a model load.
@@ -22,6 +22,7 @@ from pydantic import Field
 from adapterkit import options as opts
 from adapterkit.errors import RecipeError, UserError
 from adapterkit.registry import Registry
+from adapterkit.trainer import TrainConfig
 
 SECTIONS = ("model", "task", "data", "strategy", "train")
 
@@ -46,44 +47,6 @@ class DataSection:
     )
     max_train_rows: Annotated[int | None, Field(ge=1, description="use the first N rows")] = None
     max_eval_rows: Annotated[int | None, Field(ge=1, description="use the first N rows")] = None
-
-
-@dataclasses.dataclass
-class TrainConfig:
-    max_steps: Annotated[int | None, Field(ge=1, description="optimizer steps; caps epochs")] = None
-    epochs: Annotated[float, Field(gt=0, description="passes over the training data")] = 1.0
-    batch_size: Annotated[int, Field(ge=1, description="examples per micro-batch")] = 8
-    grad_accum: Annotated[int, Field(ge=1, description="micro-batches per optimizer step")] = 1
-    lr: Annotated[float, Field(gt=0, le=1, description="peak learning rate")] = 2e-4
-    weight_decay: Annotated[float, Field(ge=0, description="AdamW weight decay")] = 0.0
-    schedule: Annotated[
-        Literal["linear", "cosine", "constant"], Field(description="decay after warmup")
-    ] = "linear"
-    warmup: Annotated[int, Field(ge=0, description="linear warmup steps")] = 0
-    max_grad_norm: Annotated[
-        float | None, Field(gt=0, description="clip gradients to this norm; null = off")
-    ] = 1.0
-    eval_every: Annotated[
-        int | None, Field(ge=1, description="eval every N steps (and always at the end)")
-    ] = None
-    eval_batch_size: Annotated[int | None, Field(ge=1, description="default: batch_size")] = None
-    seed: Annotated[int, Field(ge=0, description="seed for init, shuffling and dropout")] = 0
-    precision: Annotated[
-        Literal["fp32", "bf16", "auto"],
-        Field(description="auto = bf16 where the hardware supports it, else fp32"),
-    ] = "fp32"
-    gradient_checkpointing: Annotated[
-        bool, Field(description="recompute activations in backward: less memory, ~30% slower")
-    ] = False
-    log_every: Annotated[int, Field(ge=1, description="progress-bar refresh in steps")] = 1
-    checkpoint_every: Annotated[
-        int | None, Field(ge=1, description="save full training state every N steps")
-    ] = None
-    keep_checkpoints: Annotated[int, Field(ge=1, description="checkpoints kept on disk")] = 2
-    patience: Annotated[
-        int | None, Field(ge=1, description="stop after N evals without improvement")
-    ] = None
-    threads: Annotated[int | None, Field(ge=1, description="CPU threads for torch")] = None
 
 
 @dataclasses.dataclass

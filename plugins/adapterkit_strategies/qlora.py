@@ -1,0 +1,107 @@
+"""QLoRA: LoRA on a base whose linear layers are stored as NF4 4-bit (bitsandbytes)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
+
+from pydantic import Field
+
+from adapterkit.errors import ModelError
+from adapterkit.strategy import ModelParts
+
+from ._peft import (
+    LoraOptions,
+    load_lora_state_dict,
+    lora_state_dict,
+    peft_config_file,
+    wrap_lora,
+)
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+
+def disable_cpu_4bit_packing(model: nn.Module) -> int:
+    """Keep bitsandbytes' CPU inference repacking off every 4-bit layer; returns how many.
+
+    On CPUs with AVX512-BF16, `Linear4bit.forward` in eval mode rewrites the weight in place into
+    a packed layout for a bf16 inference kernel. That path (bitsandbytes 0.50) (1) crashes for
+    layers whose input size is not a multiple of the 64-weight quantization block, (2) breaks
+    training after an evaluation pass (the next training forward runs the inference kernel and
+    fails on the bias, or loses gradients), and (3) evaluates in other precision than training.
+    Training and evaluation then use one code path; CPU inference is somewhat slower.
+    """
+    count = 0
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+            count += 1
+    return count
+
+
+class Qlora:
+    """LoRA over an NF4 (4-bit, double-quantized) base model.
+
+    `load_kwargs` asks `from_pretrained` to quantize every linear layer except the head modules, so
+    a new classifier is never quantized (it trains whole, as in `lora`). `apply` runs peft's
+    `prepare_model_for_kbit_training` without gradient checkpointing (that is the trainer's call):
+    it freezes the base and casts non-4-bit half-precision weights (norms, embeddings) to float32.
+    Then the same LoRA wrapping as `lora`, so the saved adapter is a peft adapter too; reload it on
+    a base loaded with the same `load_kwargs`.
+
+    `compute_dtype` defaults to float32: it is exact on every device and the only fast choice on
+    most CPUs; on a GPU, `bfloat16` roughly halves activation memory and is faster.
+    """
+
+    name: ClassVar[str] = "qlora"
+    description: ClassVar[str] = (
+        "QLoRA: LoRA on a 4-bit NF4 base (bitsandbytes; CPU works too); the head is never "
+        "quantized. Least memory; saves a peft-compatible adapter."
+    )
+
+    @dataclass
+    class Options(LoraOptions):
+        compute_dtype: Annotated[
+            Literal["float32", "bfloat16", "float16"],
+            Field(description="dtype the 4-bit layers compute in (bfloat16 is faster on GPUs)"),
+        ] = "float32"
+
+    def load_kwargs(self, options: Any, parts: ModelParts) -> dict[str, Any]:
+        import torch
+        from transformers import BitsAndBytesConfig
+
+        return {
+            "quantization_config": BitsAndBytesConfig(
+                load_in_4bit=True,
+                bnb_4bit_quant_type="nf4",
+                bnb_4bit_use_double_quant=True,
+                bnb_4bit_compute_dtype=getattr(torch, options.compute_dtype),
+                llm_int8_skip_modules=list(parts.head),
+            )
+        }
+
+    def apply(self, model: nn.Module, options: Any, parts: ModelParts) -> nn.Module:
+        from peft import prepare_model_for_kbit_training
+
+        if not getattr(model, "is_loaded_in_4bit", False):
+            raise ModelError(
+                "strategy qlora needs the model loaded in 4 bits, with the strategy's load_kwargs "
+                "passed to from_pretrained (a GGUF file cannot be quantized while loading: "
+                "convert it to a safetensors directory first), or use strategy=lora"
+            )
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        disable_cpu_4bit_packing(model)
+        return wrap_lora(model, options, parts)
+
+    def adapter_state_dict(self, model: nn.Module, options: Any) -> dict[str, torch.Tensor]:
+        return lora_state_dict(model)
+
+    def load_adapter_state_dict(
+        self, model: nn.Module, tensors: dict[str, torch.Tensor], options: Any
+    ) -> None:
+        load_lora_state_dict(model, tensors)
+
+    def extra_files(self, model: nn.Module, options: Any) -> dict[str, bytes]:
+        return peft_config_file(model)
