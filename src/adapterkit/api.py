@@ -42,6 +42,23 @@ class Loaded:
     manifest: dict[str, Any]
 
 
+def _quiet_known_notices() -> None:
+    """Hide two library notices a user cannot act on (see README, "Known notices").
+
+    bitsandbytes logs that the optional `kernels` package is missing (it would fetch kernels from a
+    hub, which adapterkit never does; the built-in CPU kernels work), and peft calls a transformers
+    API that transformers 5 marks deprecated.
+    """
+    import warnings
+
+    warnings.filterwarnings(
+        "ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning
+    )
+    logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(
+        lambda record: "gemm_4bit_forward" not in str(record.msg)
+    )
+
+
 def _versions() -> dict[str, str]:
     from importlib import metadata
 
@@ -129,6 +146,7 @@ def train(
 
     out_dir = Path(out_dir)
     _prepare_out_dir(out_dir, overwrite)
+    _quiet_known_notices()
 
     registry = load_registry()
     strategy = registry.strategy(recipe.strategy.name)
@@ -164,9 +182,8 @@ def train(
     def save(model: Any, path: Path) -> int:
         extra = dict(getattr(strategy, "extra_files", lambda m, o: {})(model, s_opts))
         extra["recipe.yaml"] = resolved_yaml
-        return adapter_io.save_adapter(
-            path, strategy.adapter_state_dict(model, s_opts), manifest, extra
-        )
+        tensors = strategy.adapter_state_dict(model, s_opts)
+        return adapter_io.save_adapter(path, tensors, manifest, extra, keep_other_files=True)
 
     return trainer.fit(
         model,
@@ -191,6 +208,7 @@ def load(adapter_dir: Path, base: str | None = None) -> Loaded:
     from adapterkit import adapter_io
     from adapterkit.plugins import load_registry
 
+    _quiet_known_notices()
     manifest, tensors = adapter_io.read_adapter(Path(adapter_dir))
     registry = load_registry()
     try:

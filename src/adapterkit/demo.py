@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides = list(sys.argv[1:] if argv is None else argv)
     out = Path("runs/demo")
     start = time.perf_counter()
-    recipe = resolve(RECIPE, ["data.max_train_rows=240", "data.max_eval_rows=60", *overrides])
+    recipe = resolve(RECIPE, ["data.max_train_rows=160", "data.max_eval_rows=40", *overrides])
     print(f"demo: LoRA on {recipe.model.name}, recipe {RECIPE.name}, output {out}", flush=True)
     metrics = api.train(recipe, out, progress=True, overwrite=True)
     before = metrics["initial_eval"]["eval_loss"]

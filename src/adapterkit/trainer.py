@@ -492,9 +492,13 @@ def fit(
             train_time += dt
             tokens_total += tokens
             losses.append(step_loss)
-            bar.update(1)
             if step % cfg.log_every == 0 or step == total_steps:
-                bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens / dt:.0f}")
+                postfix = {
+                    "loss": f"{step_loss:.4f}",
+                    "lr": f"{lr:.2e}",
+                    "tok_s": f"{tokens / dt:.0f}",
+                }
+                bar.set_postfix(postfix, refresh=False)  # shown by the update below
                 log(
                     {
                         "step": step,
@@ -507,6 +511,7 @@ def fit(
                         "elapsed": time.perf_counter() - started,
                     }
                 )
+            bar.update(1)
             if eval_batches and cfg.eval_every and step % cfg.eval_every == 0 and run_eval(step):
                 stopped_early = True
                 break
