@@ -94,3 +94,28 @@ def test_bad_data_line_fails_before_model_load(workspace: Path, tmp_path: Path) 
     bad.write_text(json.dumps(ROWS[0]) + "\n{not json\n")
     with pytest.raises(UserError, match=rf"{bad}:2"):
         train(workspace, tmp_path / "run", f"data.train={bad}")
+
+
+def test_holdout_selects_and_test_is_reported_separately(workspace: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    metrics = train(
+        workspace,
+        out,
+        "data.eval=null",
+        "data.holdout=3",
+        f"data.test={workspace / 'eval.jsonl'}",
+    )
+    assert metrics["final_eval"]["eval_tokens"] > 0  # the 3 held-out rows were the eval set
+    assert set(metrics["test_eval"]) >= {"eval_loss", "perplexity"}
+    assert set(metrics["test_eval_final"]) == set(metrics["test_eval"])
+    on_disk = json.loads((out / "metrics.json").read_text())
+    assert on_disk["test_eval"] == pytest.approx(metrics["test_eval"])
+    assert "tokens_per_s" in on_disk["definitions"] and "test_eval" in on_disk["definitions"]
+    # the selected (best/) adapter scores the test set exactly as a reload of best/ does
+    again = api.evaluate(out / "best", workspace / "eval.jsonl", batch_size=16)
+    assert again["eval_loss"] == pytest.approx(metrics["test_eval"]["eval_loss"], abs=1e-6)
+
+
+def test_holdout_and_eval_together_is_a_recipe_error(workspace: Path) -> None:
+    with pytest.raises(UserError, match=r"give data\.eval or data\.holdout, not both"):
+        resolve(workspace / "recipe.yaml", ["data.holdout=2"])

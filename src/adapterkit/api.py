@@ -103,9 +103,41 @@ def _load_kwargs(strategy: Any, strategy_options: Any, parts: Any, model_cfg: An
     return kwargs
 
 
-def _read(task: Any, path: str, task_options: Any, limit: int | None) -> list[dict]:
+def _read(task: Any, path: str | None, task_options: Any, limit: int | None = None) -> list[dict]:
+    if path is None:
+        return []
     rows = task.read(Path(path), task_options)
     return rows[:limit] if limit else rows
+
+
+def _holdout(rows: list[dict], n: int, where: str) -> tuple[list[dict], list[dict]]:
+    """Split off a fixed slice of n rows (seed 0, whatever train.seed is) for eval and selection."""
+    import random
+
+    if n >= len(rows):
+        raise UserError(f"data.holdout: {n} rows asked for, {where} has only {len(rows)}")
+    order = list(range(len(rows)))
+    random.Random(0).shuffle(order)
+    held = set(order[:n])
+    return [r for i, r in enumerate(rows) if i not in held], [rows[i] for i in sorted(held)]
+
+
+def _batches(task: Any, examples: list[dict], tokenizer: Any, options: Any, size: int) -> list:
+    return [
+        task.collate(examples[i : i + size], tokenizer, options)
+        for i in range(0, len(examples), size)
+    ]
+
+
+def _score(task: Any, model: Any, examples: list[dict], tokenizer: Any, options: Any) -> dict:
+    import torch
+
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        metrics = task.evaluate(model, _batches(task, examples, tokenizer, options, 16), options)
+    model.train(was_training)
+    return metrics
 
 
 RUN_FILES = ("log.jsonl", "metrics.json", "best", "checkpoints")
@@ -151,15 +183,19 @@ def train(
     registry = load_registry()
     strategy = registry.strategy(recipe.strategy.name)
     task = registry.task(recipe.task.name)
-    s_opts, t_opts = recipe.strategy.options, recipe.task.options
+    s_opts = recipe.strategy.options
 
     # Read data before the model: a bad line should cost milliseconds, not a model load.
-    train_rows = _read(task, recipe.data.train, t_opts, recipe.data.max_train_rows)
-    eval_rows = (
-        _read(task, recipe.data.eval, t_opts, recipe.data.max_eval_rows)
-        if recipe.data.eval
-        else None
-    )
+    data = recipe.data
+    train_rows = _read(task, data.train, recipe.task.options)
+    eval_rows = _read(task, data.eval, recipe.task.options)
+    if data.holdout:
+        train_rows, eval_rows = _holdout(train_rows, data.holdout, data.train)
+    train_rows = train_rows[: data.max_train_rows] if data.max_train_rows else train_rows
+    eval_rows = eval_rows[: data.max_eval_rows] if data.max_eval_rows else eval_rows
+    test_rows = _read(task, data.test, recipe.task.options)
+    t_opts = task.setup(train_rows, recipe.task.options)  # e.g. label names, for the head size
+    recipe = dataclasses.replace(recipe, task=dataclasses.replace(recipe.task, options=t_opts))
 
     source = models.resolve(recipe.model.name)
     parts = task.model_parts(source, t_opts)
@@ -171,6 +207,7 @@ def train(
 
     train_examples = task.encode(train_rows, tokenizer, t_opts)
     eval_examples = task.encode(eval_rows, tokenizer, t_opts) if eval_rows else None
+    test_examples = task.encode(test_rows, tokenizer, t_opts) if test_rows else None
     if not train_examples:
         raise UserError(
             f"{recipe.data.train}: no usable training rows (all dropped by truncation?)"
@@ -185,7 +222,7 @@ def train(
         tensors = strategy.adapter_state_dict(model, s_opts)
         return adapter_io.save_adapter(path, tensors, manifest, extra, keep_other_files=True)
 
-    return trainer.fit(
+    metrics = trainer.fit(
         model,
         task,
         t_opts,
@@ -198,6 +235,44 @@ def train(
         save_adapter=save,
         progress=progress,
     )
+    if test_examples:
+        extra = _test_metrics(
+            model, strategy, s_opts, task, test_examples, tokenizer, t_opts, out_dir
+        )
+        metrics["definitions"] = {**metrics["definitions"], **extra.pop("definitions")}
+        metrics.update(extra)
+        trainer.write_json(out_dir / "metrics.json", metrics)
+    return metrics
+
+
+def _test_metrics(
+    model: Any,
+    strategy: Any,
+    s_opts: Any,
+    task: Any,
+    examples: list[dict],
+    tokenizer: Any,
+    t_opts: Any,
+    out_dir: Path,
+) -> dict[str, Any]:
+    """Score the test set once with the final adapter and, when there is one, the best adapter.
+
+    `test_eval` is the figure to report: the adapter model selection chose (best/, picked on the
+    eval data, else the final one); the test data never influenced that choice.
+    """
+    from adapterkit import adapter_io
+
+    out: dict[str, Any] = {"test_eval_final": _score(task, model, examples, tokenizer, t_opts)}
+    out["test_eval"] = out["test_eval_final"]
+    if (out_dir / "best" / adapter_io.MANIFEST).is_file():
+        _, tensors = adapter_io.read_adapter(out_dir / "best")
+        strategy.load_adapter_state_dict(model, tensors, s_opts)
+        out["test_eval"] = _score(task, model, examples, tokenizer, t_opts)
+    out["definitions"] = {
+        "test_eval": "Test-set metrics of the selected adapter (best/ if any, else final).",
+        "test_eval_final": "Test-set metrics of the final adapter.",
+    }
+    return out
 
 
 def load(adapter_dir: Path, base: str | None = None) -> Loaded:
@@ -252,14 +327,24 @@ def evaluate(adapter_dir: Path, data: Path, batch_size: int = 8) -> dict[str, An
     examples = loaded.task.encode(rows, loaded.tokenizer, loaded.task_options)
     if not examples:
         raise UserError(f"{data}: no usable rows")
-    batches = [
-        loaded.task.collate(examples[i : i + batch_size], loaded.tokenizer, loaded.task_options)
-        for i in range(0, len(examples), batch_size)
-    ]
+    batches = _batches(loaded.task, examples, loaded.tokenizer, loaded.task_options, batch_size)
     import torch
 
     with torch.no_grad():
         return loaded.task.evaluate(loaded.model, batches, loaded.task_options)
+
+
+def predict(adapter_dir: Path, data: Path, batch_size: int = 32) -> list[dict[str, Any]]:
+    """Per-row predictions (label and score, or a tag per word) for a file in the task's format."""
+    loaded = load(adapter_dir)
+    if not hasattr(loaded.task, "predict"):
+        raise UserError(f"task '{loaded.task.name}' has no predictions; use `adapterkit generate`")
+    rows = loaded.task.read(Path(data), loaded.task_options)
+    if not rows:
+        raise UserError(f"{data}: no rows to predict")
+    return loaded.task.predict(
+        loaded.model, loaded.tokenizer, rows, loaded.task_options, batch_size=batch_size
+    )
 
 
 def generate(

@@ -164,6 +164,26 @@ def eval_(adapter: Path, data: Path, batch_size: int, as_json: bool) -> None:
 
 
 @cli.command()
+@click.option("--adapter", type=click.Path(path_type=Path), required=True)
+@click.argument("data", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), help="Write JSON lines here [stdout].")
+@click.option("--batch-size", type=int, default=32, show_default=True)
+def predict(adapter: Path, data: Path, out: Path | None, batch_size: int) -> None:
+    """Label each row of DATA (or tag each word), in the adapter's training format; labels optional."""
+    from adapterkit import api
+
+    rows = api.predict(adapter, data, batch_size=batch_size)
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    if out is None:
+        click.echo(text, nl=False)
+        return
+    tmp = out.with_name(f".{out.name}.tmp")  # never leave a half-written file under the real name
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(out)
+    click.echo(f"{len(rows)} predictions written to {out}", err=True)
+
+
+@cli.command()
 @click.argument("prompt")
 @click.option("--adapter", type=click.Path(path_type=Path), help="Adapter directory.")
 @click.option("--model", help="Base model without an adapter (short name or path).")

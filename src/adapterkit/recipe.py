@@ -42,9 +42,16 @@ class ModelSection:
 @dataclasses.dataclass
 class DataSection:
     train: Annotated[str, Field(description="training data file (relative to the recipe)")]
-    eval: Annotated[str | None, Field(description="held-out data file for eval and selection")] = (
-        None
-    )
+    eval: Annotated[
+        str | None, Field(description="held-out file for eval, best/ and early stopping")
+    ] = None
+    test: Annotated[
+        str | None, Field(description="file scored once at the end; never used for selection")
+    ] = None
+    holdout: Annotated[
+        int | None,
+        Field(ge=1, description="no eval file: hold out N training rows (fixed slice) for eval"),
+    ] = None
     max_train_rows: Annotated[int | None, Field(ge=1, description="use the first N rows")] = None
     max_eval_rows: Annotated[int | None, Field(ge=1, description="use the first N rows")] = None
 
@@ -242,8 +249,11 @@ def resolve(
     if dsec is not None:
         base = path.resolve().parent
         dsec.train = _resolve_path(dsec.train, base, "data.train" in touched)
-        dsec.eval = _resolve_path(dsec.eval, base, "data.eval" in touched)
-        for key in ("train", "eval"):
+        if dsec.eval is not None and dsec.holdout is not None:
+            problems.append("data.holdout: give data.eval or data.holdout, not both")
+        for key in ("eval", "test"):
+            setattr(dsec, key, _resolve_path(getattr(dsec, key), base, f"data.{key}" in touched))
+        for key in ("train", "eval", "test"):
             value = getattr(dsec, key)
             if value is not None and not Path(value).is_file():
                 problems.append(f"data.{key}: file not found: {value}")

@@ -32,6 +32,7 @@ REQUIRED: dict[str, tuple[str, ...]] = {
         "model_parts",
         "load_model",
         "read",
+        "setup",
         "encode",
         "collate",
         "targets",

@@ -42,6 +42,15 @@ class Task(Protocol):
         """Read a data file into rows; a bad line raises DataError naming the file and line."""
         ...
 
+    def setup(self, rows: list[dict[str, Any]], options: Any) -> Any:
+        """Options completed from the training rows before the model is built.
+
+        Classification fills in the label names here (sorted, unless the recipe gave them), so the
+        new head gets its size and the manifest records them. Return `options` when nothing is
+        data-derived.
+        """
+        ...
+
     def encode(self, rows: list[dict[str, Any]], tokenizer: Any, options: Any) -> list[dict]:
         """Tokenize rows into examples (lists of ids, labels). May drop rows; says how many."""
         ...
@@ -73,3 +82,9 @@ class Task(Protocol):
     def manifest(self, options: Any, tokenizer: Any) -> dict[str, Any]:
         """What a reloaded adapter needs to use this task again (prompt format, label names)."""
         ...
+
+
+# Optional members:
+#   predict(model, tokenizer, rows, options, batch_size) -> list[dict]   for `adapterkit predict`
+#       (a label and score per row, or a tag per word); rows may lack labels.
+#   generate(model, tokenizer, prompt, options, max_new_tokens) -> str    for `adapterkit generate`

@@ -96,3 +96,68 @@ def save_tiny_llama_dir(path: Path, tied: bool = True, seed: int = 0) -> Path:
     model.save_pretrained(path)
     tiny_tokenizer().save_pretrained(path)
     return Path(path)
+
+
+# Specials first, so [PAD] is id 0 as in BERT (and tiny_bert_config's pad_token_id).
+_BERT_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+_BERT_PUNCTUATION = (".", ",", "?", "!", ":", ";", "'", '"', "-", "(", ")")
+_BERT_SUFFIXES = ("##s", "##ed", "##ing", "##ly")
+
+
+def tiny_bert_vocab() -> list[str]:
+    """The tiny BERT tokenizer's vocabulary (< 128 entries, [PAD] = 0), lowercase words."""
+    vocab = [*_BERT_SPECIALS]
+    for tok in [*_WORDS, *_BERT_PUNCTUATION, *_BERT_SUFFIXES]:
+        if tok not in vocab:
+            vocab.append(tok)
+    return vocab
+
+
+def tiny_bert_tokenizer() -> Any:
+    """An uncased WordPiece fast tokenizer like BERT's: `[CLS] a [SEP] b [SEP]`, token type ids.
+
+    Unknown words become `[UNK]` (WordPiece splits off the `##s`/`##ed`/`##ing`/`##ly` suffixes
+    of known words). Its vocabulary fits `tiny_bert_config()` (vocab_size 128).
+    """
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(tiny_bert_vocab())}
+    core = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]"))
+    core.normalizer = normalizers.BertNormalizer(lowercase=True)
+    core.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    core.decoder = decoders.WordPiece(prefix="##")
+    cls, sep = vocab["[CLS]"], vocab["[SEP]"]
+    core.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls), ("[SEP]", sep)],
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_input_names=["input_ids", "token_type_ids", "attention_mask"],
+    )
+
+
+def tiny_bert(seed: int = 0, layers: int = 2) -> Any:
+    """A random BertModel (the bare encoder, as a pretrained checkpoint ships), hidden size 32."""
+    import torch
+    from transformers import BertModel
+
+    torch.manual_seed(seed)
+    return BertModel(tiny_bert_config(layers=layers)).eval()
+
+
+def save_tiny_bert_dir(path: Path, seed: int = 0) -> Path:
+    """Write a tiny BERT encoder plus `tiny_bert_tokenizer()` as a local HF directory (safetensors).
+
+    Load it with any `AutoModelFor...` class; the task head is then freshly initialised.
+    """
+    tiny_bert(seed=seed).save_pretrained(path)
+    tiny_bert_tokenizer().save_pretrained(path)
+    return Path(path)

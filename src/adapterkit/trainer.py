@@ -326,7 +326,8 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write JSON under a temporary name, then rename: readers never see half a file."""
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(_finite(data), indent=2, default=str) + "\n")
     os.replace(tmp, path)
@@ -574,7 +575,7 @@ def fit(
     }
     metrics["wall_time_s"] = time.perf_counter() - started
     metrics["definitions"] = DEFINITIONS
-    _write_json(out_dir / "metrics.json", metrics)
+    write_json(out_dir / "metrics.json", metrics)
     # Leave the model as it came: without accelerate's autocast wrapper around forward.
     accelerator.unwrap_model(model, keep_fp32_wrapper=False)
     return metrics

@@ -14,5 +14,9 @@ from adapterkit.hookspecs import hookimpl
 @hookimpl
 def register_tasks(register: Callable[[type[Any]], None]) -> None:
     from adapterkit.tasks.causal_lm import CausalLM
+    from adapterkit.tasks.sequence_classification import SequenceClassification
+    from adapterkit.tasks.token_classification import TokenClassification
 
     register(CausalLM)
+    register(SequenceClassification)
+    register(TokenClassification)

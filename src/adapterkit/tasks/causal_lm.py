@@ -244,6 +244,9 @@ class CausalLM:
             full = prompt + self._ids(tokenizer, full_text[len(prompt_text) :])
         return prompt, full
 
+    def setup(self, rows: list[dict[str, Any]], options: Any) -> Any:
+        return options  # nothing is derived from the data
+
     def encode(self, rows: list[dict[str, Any]], tokenizer: Any, options: Any) -> Encoded:
         """Tokenize rows into {"input_ids", "labels"}; returns an `Encoded` list with `.dropped`."""
         eot = set(end_of_turn_ids(tokenizer))

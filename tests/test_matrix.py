@@ -1,0 +1,123 @@
+"""Every strategy x every task, on tiny random BERT and Llama models, through the public API.
+
+Each case trains three steps, saves, reloads the adapter onto a freshly loaded base (different RNG
+state), and must reproduce the final eval loss bit for bit, then predicts.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from adapterkit import api
+from adapterkit.recipe import resolve
+from adapterkit.testing import save_tiny_bert_dir, save_tiny_llama_dir
+
+STRATEGIES = {
+    "full": "{}",
+    "head": "{}",
+    "last_n": "{n: 1}",
+    "lora": "{r: 4}",
+    "qlora": "{r: 4}",
+}
+WORDS = "the cat is happy . the dog is sad . a big red sun . the small blue moon".split()
+
+
+def classification_rows() -> str:
+    rows = ["sentence\tlabel"]
+    for i in range(12):
+        text = " ".join(WORDS[i % 5 : i % 5 + 4 + i % 3])
+        rows.append(f"{text}\t{['neg', 'pos', 'mid'][i % 3]}")
+    return "\n".join(rows) + "\n"
+
+
+def pair_rows() -> str:
+    rows = ["sentence1\tsentence2\tlabel"]
+    for i in range(12):
+        rows.append(
+            f"{' '.join(WORDS[i % 4 : i % 4 + 3])}\t{' '.join(WORDS[i % 6 : i % 6 + 4])}\t{i % 2}"
+        )
+    return "\n".join(rows) + "\n"
+
+
+def conll_rows() -> str:
+    tags = ["B-PER", "O", "O", "B-LOC", "I-LOC"]
+    out = ["-DOCSTART- -X- -X- O", ""]
+    for i in range(10):
+        for j in range(5):
+            out.append(f"{WORDS[(i + j) % len(WORDS)]} NN O {tags[(i + j) % 5]}")
+        out.append("")
+    return "\n".join(out) + "\n"
+
+
+def instruction_rows() -> str:
+    rows = [
+        {"instruction": "write one two three", "output": "one two three ."},
+        {"instruction": "name a colour", "output": "blue ."},
+        {"instruction": "what is the sun", "output": "the sun is big ."},
+    ]
+    return "".join(json.dumps(r) + "\n" for r in rows * 3)
+
+
+TASKS = {
+    "sequence_classification": ("train.tsv", classification_rows, "{max_length: 32}"),
+    "pair_classification": (
+        "pairs.tsv",
+        pair_rows,
+        "{text_column: sentence1, text_pair_column: sentence2, max_length: 32}",
+    ),
+    "token_classification": ("train.txt", conll_rows, "{max_length: 32}"),
+    "causal_lm": ("train.jsonl", instruction_rows, "{max_length: 48}"),
+}
+CASES = [
+    (model, task, strategy)
+    for model in ("bert", "llama")
+    for task in TASKS
+    for strategy in STRATEGIES
+    if not (model == "bert" and task == "causal_lm")
+]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("matrix-models")
+    return {
+        "bert": save_tiny_bert_dir(root / "bert"),
+        "llama": save_tiny_llama_dir(root / "llama", tied=False),
+    }
+
+
+@pytest.mark.parametrize(("model", "task", "strategy"), CASES, ids=["-".join(c) for c in CASES])
+def test_train_save_reload_predict(
+    model: str, task: str, strategy: str, models: dict[str, Path], tmp_path: Path
+) -> None:
+    filename, make_rows, task_options = TASKS[task]
+    data = tmp_path / filename
+    data.write_text(make_rows())
+    task_name = "sequence_classification" if task == "pair_classification" else task
+    recipe_path = tmp_path / "recipe.yaml"
+    recipe_path.write_text(
+        f"model: {{name: {models[model]}}}\n"
+        f"task: {{name: {task_name}, options: {task_options}}}\n"
+        f"data: {{train: {filename}, eval: {filename}}}\n"
+        f"strategy: {{name: {strategy}, options: {STRATEGIES[strategy]}}}\n"
+        "train: {max_steps: 3, batch_size: 4, eval_batch_size: 5, lr: 0.01, eval_at_start: false}\n"
+    )
+    out = tmp_path / "out"
+    metrics = api.train(resolve(recipe_path), out, progress=False)
+    assert metrics["steps"] == 3 and metrics["trainable_params"] > 0
+
+    torch.manual_seed(12345)  # the reloaded base's fresh head init must not matter
+    again = api.evaluate(out, data, batch_size=5)
+    assert again == metrics["final_eval"]  # bit for bit: every figure equal, not approximately
+
+    if task == "causal_lm":
+        assert api.generate("name a colour", adapter=out, max_new_tokens=3) is not None
+    else:
+        predictions = api.predict(out, data)
+        assert len(predictions) == (10 if task == "token_classification" else 12)
+        first = predictions[0]
+        assert ("tags" in first) if task == "token_classification" else (0 <= first["score"] <= 1)
