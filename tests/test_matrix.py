@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from adapterkit import api
+from adapterkit.models import resolve as resolve_model
 from adapterkit.recipe import resolve
 from adapterkit.testing import save_tiny_bert_dir, save_tiny_llama_dir
 
@@ -121,3 +122,27 @@ def test_train_save_reload_predict(
         assert len(predictions) == (10 if task == "token_classification" else 12)
         first = predictions[0]
         assert ("tags" in first) if task == "token_classification" else (0 <= first["score"] <= 1)
+
+
+@pytest.mark.parametrize(("model", "head"), [("bert", "classifier"), ("llama", "score")])
+def test_qlora_never_quantizes_a_new_head(model: str, head: str, models: dict[str, Path]) -> None:
+    """The skip list comes from the model class (meta-device build), not from a list of names."""
+    import bitsandbytes as bnb
+
+    from adapterkit.plugins import load_registry
+    from adapterkit.tasks._labelled import head_parts
+
+    registry = load_registry()
+    task, qlora = registry.task("sequence_classification"), registry.strategy("qlora")
+    source = resolve_model(str(models[model]))
+    parts = head_parts("SequenceClassification", source, 3)
+    assert head in parts.head and parts.new_head
+    options = type(task).Options(labels=["a", "b", "c"])
+    q_options = type(qlora).Options()
+    loaded, _ = task.load_model(source, options, qlora.load_kwargs(q_options, parts))
+    wrapped = qlora.apply(loaded, q_options, parts)
+    quantized = [n for n, m in wrapped.named_modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert quantized, "the backbone's linear layers are 4-bit"
+    assert not [n for n in quantized if f".{head}" in n or n.endswith(head)]
+    head_weights = [p for n, p in wrapped.named_parameters() if f"{head}." in n and p.requires_grad]
+    assert head_weights and all(p.dtype == torch.float32 for p in head_weights)

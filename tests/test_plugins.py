@@ -214,3 +214,26 @@ def test_cli_reports_broken_plugin_without_traceback(site: Path) -> None:
     )
     assert out.returncode == 2
     assert "broken-dist 1.2.3" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_register_commands_adds_a_cli_command(site: Path) -> None:
+    code = """
+        import click
+        from adapterkit import hookimpl
+
+        @hookimpl
+        def register_commands(cli):
+            @cli.command()
+            @click.argument("name")
+            def hello(name):
+                \"\"\"Say hello (from a plugin).\"\"\"
+                click.echo(f"hello {name}")
+    """
+    _fake_distribution(site, "hello-cmd", "0.1", "hello", "hello_cmd", code)
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    cmd = [sys.executable, "-m", "adapterkit"]
+    out = subprocess.run([*cmd, "hello", "world"], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "hello world\n"
+    helptext = subprocess.run([*cmd, "--help"], env=env, capture_output=True, text=True).stdout
+    assert "Say hello (from a plugin)." in helptext
