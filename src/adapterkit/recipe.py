@@ -4,7 +4,7 @@
     task:     {name, options}
     data:     {train, eval, max_train_rows, max_eval_rows}
     strategy: {name, options}
-    train:    adapterkit.trainer.TrainConfig (steps, batch, schedule, precision, ...)
+    train:    adapterkit.train_config.TrainConfig (steps, batch, schedule, precision, ...)
 
 `resolve` fills defaults and parses the strategy's and task's options into their dataclasses before
 anything heavy loads (no torch import), so a typo costs milliseconds, not a model load.
@@ -22,7 +22,7 @@ from pydantic import Field
 from adapterkit import options as opts
 from adapterkit.errors import RecipeError, UserError
 from adapterkit.registry import Registry
-from adapterkit.trainer import TrainConfig
+from adapterkit.train_config import TrainConfig
 
 SECTIONS = ("model", "task", "data", "strategy", "train")
 

@@ -17,116 +17,22 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
-import shutil
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Any
 
-from pydantic import Field
-
+from adapterkit.checkpoints import json_safe, save_checkpoint, write_json
 from adapterkit.errors import DataError, PluginError, TrainingError
 from adapterkit.measure import MemoryMeter, parameter_counts, rss_anon_bytes, rss_file_bytes
 from adapterkit.strategy import trainable_named_parameters
+from adapterkit.train_config import DEFINITIONS, TrainConfig
 
 if TYPE_CHECKING:
     import torch
     from torch import Tensor, nn
-
-
-@dataclass
-class TrainConfig:
-    """The recipe's `train` section."""
-
-    max_steps: Annotated[
-        int | None,
-        Field(ge=1, description="Optimizer steps to run; when set it replaces `epochs`."),
-    ] = None
-    epochs: Annotated[
-        float, Field(gt=0, description="Passes over the training data (fractions allowed).")
-    ] = 1.0
-    batch_size: Annotated[int, Field(ge=1, description="Examples per forward pass.")] = 8
-    grad_accum: Annotated[
-        int, Field(ge=1, description="Forward passes accumulated into one optimizer step.")
-    ] = 1
-    lr: Annotated[float, Field(gt=0, description="Peak learning rate (AdamW).")] = 2e-4
-    weight_decay: Annotated[
-        float, Field(ge=0, description="AdamW weight decay (matrices only; not biases or norms).")
-    ] = 0.0
-    schedule: Annotated[
-        Literal["linear", "cosine", "constant"],
-        Field(description="Learning-rate decay after warmup."),
-    ] = "linear"
-    warmup: Annotated[int, Field(ge=0, description="Linear warmup steps from 0 to `lr`.")] = 0
-    max_grad_norm: Annotated[
-        float | None, Field(gt=0, description="Clip the gradient norm to this; None: no clipping.")
-    ] = 1.0
-    eval_every: Annotated[
-        int | None, Field(ge=1, description="Evaluate every N steps; None: only at the end.")
-    ] = None
-    eval_at_start: Annotated[
-        bool, Field(description="Evaluate once before the first step (the 'before' figure).")
-    ] = True
-    eval_batch_size: Annotated[
-        int | None, Field(ge=1, description="Examples per eval batch; None: `batch_size`.")
-    ] = None
-    seed: Annotated[int, Field(description="Seed for initialisation, dropout and data order.")] = 0
-    precision: Annotated[
-        Literal["fp32", "bf16", "auto"],
-        Field(description="bf16 autocast or fp32; auto: bf16 on a CUDA GPU that supports it."),
-    ] = "fp32"
-    gradient_checkpointing: Annotated[
-        bool, Field(description="Recompute activations in backward: less memory, slower.")
-    ] = False
-    log_every: Annotated[int, Field(ge=1, description="Write a log line every N steps.")] = 1
-    checkpoint_every: Annotated[
-        int | None, Field(ge=1, description="Save a checkpoint every N steps; None: never.")
-    ] = None
-    keep_checkpoints: Annotated[
-        int, Field(ge=1, description="How many of the newest checkpoints to keep.")
-    ] = 2
-    patience: Annotated[
-        int | None,
-        Field(ge=1, description="Stop after this many evaluations without improvement."),
-    ] = None
-    threads: Annotated[
-        int | None, Field(ge=1, description="CPU threads for torch; None: torch's default.")
-    ] = None
-
-
-DEFINITIONS = {
-    "train_loss": "Mean training loss per target token over the last 10 optimizer steps.",
-    "initial_eval": "Eval metrics before the first step (the model as the strategy prepared it).",
-    "final_eval": "Eval metrics of the final adapter (this directory).",
-    "best_eval": "Eval metrics of the best adapter by the task's selection metric (best/).",
-    "best_step": "Optimizer step at which the best adapter was saved.",
-    "steps": "Optimizer steps taken.",
-    "epochs": "Passes over the training data taken (steps / steps per epoch).",
-    "tokens": "Non-padding tokens (attention mask) in all training batches.",
-    "tokens_per_s": "Non-padding tokens trained per second of training steps (no loading, eval).",
-    "train_time_s": "Seconds spent in training steps (batching, forward, backward, optimizer).",
-    "wall_time_s": "Seconds from the start of fit() to metrics.json, evals and saving included.",
-    "peak_memory_bytes": (
-        "Peak memory during the training steps: the CUDA allocator's max allocated bytes on a GPU, "
-        "the process's peak resident set (VmHWM, reset before the first step) on CPU."
-    ),
-    "peak_memory_kind": "What peak_memory_bytes measures: cuda_allocated or process_rss.",
-    "peak_memory_reset": "False when the CPU high-water mark could not be reset (peak since start).",
-    "cuda_peak_reserved_bytes": "Peak bytes reserved by the CUDA caching allocator (GPU only).",
-    "load_peak_memory_bytes": "The same peak before training: loading, preparing, initial eval.",
-    "rss_anon_bytes": "Resident anonymous memory (tensors, heap) right after the training steps.",
-    "rss_file_bytes": "Resident file-backed memory (mapped weights, libraries) after training.",
-    "trainable_params": "Parameters that train, each storage once.",
-    "total_params": "All parameters, each storage once, 4-bit weights at their logical size.",
-    "trainable_percent": "trainable_params as a percentage of total_params.",
-    "adapter_bytes": "Bytes of the saved final adapter.",
-    "precision": "Arithmetic the training ran in: fp32, or bf16 autocast (fp32 master weights).",
-    "device": "The device the model trained on.",
-    "stopped_early": "True when training stopped because eval did not improve for `patience` evals.",
-}
 
 
 # ---- helpers the loop uses -----------------------------------------------------------------------
@@ -266,73 +172,6 @@ def _windows(n: int, cfg: TrainConfig) -> Iterator[tuple[int, int, list[list[int
         epoch += 1
 
 
-def _rng_state() -> dict[str, Any]:
-    import numpy as np
-    import torch
-
-    state = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _save_checkpoint(
-    root: Path,
-    step: int,
-    tensors: dict[str, Tensor],
-    optimizer: Any,
-    scheduler: Any,
-    state: dict[str, Any],
-    keep: int,
-) -> Path:
-    """Write a checkpoint under a temporary name, rename it into place, prune old ones."""
-    import torch
-    from safetensors.torch import save_file
-
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step-{step:06d}"
-    tmp = root / f".tmp-step-{step:06d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_file(
-        {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()},
-        tmp / "trainable.safetensors",
-    )
-    torch.save(
-        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
-        tmp / "optimizer.pt",
-    )
-    torch.save(_rng_state(), tmp / "rng.pt")
-    (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)  # a crash mid-write leaves a .tmp dir, never a half checkpoint
-    for old in sorted(root.glob("step-*"))[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
-def _finite(value: Any) -> Any:
-    """JSON has no NaN/Infinity: write them as null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON under a temporary name, then rename: readers never see half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(_finite(data), indent=2, default=str) + "\n")
-    os.replace(tmp, path)
-
-
 # ---- the loop ------------------------------------------------------------------------------------
 
 
@@ -405,7 +244,7 @@ def fit(
     def log(record: dict[str, Any]) -> None:
         # Opened per line so that the file is complete whenever training stops, even by a crash.
         with log_path.open("a") as f:
-            f.write(json.dumps(_finite(record)) + "\n")
+            f.write(json.dumps(json_safe(record)) + "\n")
 
     best_dir = out_dir / "best"
     best_value: float | None = None
@@ -517,7 +356,7 @@ def fit(
                 stopped_early = True
                 break
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-                _save_checkpoint(
+                save_checkpoint(
                     out_dir / "checkpoints",
                     step,
                     adapter_tensors(bare),
