@@ -26,6 +26,15 @@ from pydantic import Field
 
 from adapterkit.errors import DataError, ModelError
 from adapterkit.strategy import ModelParts
+from adapterkit.tasks._common import (
+    IGNORE,
+    count_targets,
+    inference,
+    read_text,
+    summed_cross_entropy,
+    to_device,
+)
+from adapterkit.tasks._common import line_error as _fail
 
 if TYPE_CHECKING:
     import torch
@@ -35,7 +44,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("adapterkit")
 
-IGNORE = -100  # label value cross_entropy skips
 # End-of-turn tokens of common chat templates; used together with the tokenizer's eos token, so a
 # template whose turns end with something other than eos (Llama 3's <|eot_id|>) is handled too.
 _END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>")
@@ -71,10 +79,6 @@ def end_of_turn_ids(tokenizer: Any) -> list[int]:
         if tid is not None and tid not in ids:
             ids.append(int(tid))
     return ids
-
-
-def _fail(path: Path, lineno: int, msg: str) -> DataError:
-    return DataError(f"{path}:{lineno}: {msg}")
 
 
 def _check_text(row: dict, key: str, path: Path, lineno: int, required: bool = True) -> str:
@@ -177,12 +181,7 @@ class CausalLM:
     def read(self, path: Path, options: Any) -> list[dict[str, Any]]:
         """Rows as chat messages: [{"messages": [...]}, ...]; errors name the file and line."""
         path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise DataError(f"{path}: file not found; give the path of a JSONL file") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise DataError(f"{path}: cannot read it as UTF-8 text ({exc})") from exc
+        text = read_text(path, "a JSONL file")
         rows = []
         for lineno, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
@@ -299,42 +298,25 @@ class CausalLM:
 
     def targets(self, batch: dict[str, torch.Tensor]) -> int:
         # Position t predicts token t+1, so the first label is never a target.
-        return int((batch["labels"][:, 1:] != IGNORE).sum())
+        return count_targets(batch["labels"][:, 1:])
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Summed cross entropy over the shifted targets, in float32."""
-        import torch.nn.functional as F
-
         out = model(
             input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
         )
-        logits = out.logits[:, :-1, :].float()
-        labels = batch["labels"][:, 1:].to(logits.device)
-        return F.cross_entropy(
-            logits.reshape(-1, logits.size(-1)),
-            labels.reshape(-1),
-            ignore_index=IGNORE,
-            reduction="sum",
-        )
+        return summed_cross_entropy(out.logits[:, :-1, :].float(), batch["labels"][:, 1:])
 
     def evaluate(
         self, model: nn.Module, batches: list[dict[str, torch.Tensor]], options: Any
     ) -> dict:
         """Mean loss per target token over the whole set (so batch size does not change it)."""
-        import torch
-
-        device = next(model.parameters()).device
-        was_training = model.training
-        model.eval()
         total, count = 0.0, 0
-        try:
-            with torch.no_grad():
-                for batch in batches:
-                    batch = {k: v.to(device) for k, v in batch.items()}
-                    total += float(self.loss(model, batch))
-                    count += self.targets(batch)
-        finally:
-            model.train(was_training)
+        with inference(model) as device:
+            for batch in batches:
+                batch = to_device(batch, device)
+                total += float(self.loss(model, batch))
+                count += self.targets(batch)
         mean = total / count if count else float("nan")
         return {
             "eval_loss": mean,
@@ -360,20 +342,14 @@ class CausalLM:
 
         msgs = self._messages({"messages": [{"role": "user", "content": prompt}]}, options)
         ids = self._render(tokenizer, msgs, prompt=True)
-        device = next(model.parameters()).device
-        input_ids = torch.tensor([ids], dtype=torch.long, device=device)
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.no_grad():
-                out = model.generate(
-                    input_ids=input_ids,
-                    attention_mask=torch.ones_like(input_ids),
-                    max_new_tokens=max_new_tokens,
-                    do_sample=False,
-                    eos_token_id=end_of_turn_ids(tokenizer),
-                    pad_token_id=tokenizer.pad_token_id,
-                )
-        finally:
-            model.train(was_training)
+        with inference(model) as device:
+            input_ids = torch.tensor([ids], dtype=torch.long, device=device)
+            out = model.generate(
+                input_ids=input_ids,
+                attention_mask=torch.ones_like(input_ids),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                eos_token_id=end_of_turn_ids(tokenizer),
+                pad_token_id=tokenizer.pad_token_id,
+            )
         return tokenizer.decode(out[0, len(ids) :], skip_special_tokens=True).strip()

@@ -37,6 +37,15 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 from pydantic import ConfigDict, Field
 
 from adapterkit.errors import DataError, ModelError
+from adapterkit.tasks._common import (
+    IGNORE,
+    count_targets,
+    inference,
+    read_text,
+    summed_cross_entropy,
+    to_device,
+)
+from adapterkit.tasks._common import line_error as _fail
 from adapterkit.tasks._labelled import head_parts, load_labelled_model
 
 if TYPE_CHECKING:
@@ -46,7 +55,6 @@ if TYPE_CHECKING:
     from adapterkit.models import ModelSource
     from adapterkit.strategy import ModelParts
 
-IGNORE = -100  # label id cross_entropy skips: a row without a label
 _FORMATS = {".tsv": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl"}
 
 
@@ -87,10 +95,6 @@ class Options:
 
 
 # ---- reading ------------------------------------------------------------------------------------
-
-
-def _fail(path: Path, lineno: int, msg: str) -> DataError:
-    return DataError(f"{path}:{lineno}: {msg}")
 
 
 def _format(path: Path, options: Any) -> str:
@@ -296,12 +300,8 @@ class SequenceClassification:
         """Rows {"text", "text_pair", "label" (str or None), "line", "where"}; errors name file:line."""
         path = Path(path)
         fmt = _format(path, options)
-        try:
-            text = path.read_text(encoding="utf-8-sig")  # a BOM would glue onto the first column
-        except FileNotFoundError:
-            raise DataError(f"{path}: file not found; give the path of a {fmt} file") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise DataError(f"{path}: cannot read it as UTF-8 text ({exc})") from exc
+        # utf-8-sig: a BOM would glue onto the first column's name
+        text = read_text(path, f"a {fmt} file", encoding="utf-8-sig")
         if fmt == "jsonl":
             rows = _read_jsonl(path, text, options)
         else:
@@ -414,41 +414,26 @@ class SequenceClassification:
         return model(**inputs).logits.float()
 
     def targets(self, batch: dict[str, torch.Tensor]) -> int:
-        return int((batch["labels"] != IGNORE).sum())
+        return count_targets(batch["labels"])
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Summed cross entropy over the labelled rows, in float32."""
-        import torch.nn.functional as F
-
-        logits = self._logits(model, batch)
-        labels = batch["labels"].to(logits.device)
-        return F.cross_entropy(logits, labels, ignore_index=IGNORE, reduction="sum")
+        return summed_cross_entropy(self._logits(model, batch), batch["labels"])
 
     def evaluate(
         self, model: nn.Module, batches: list[dict[str, torch.Tensor]], options: Any
     ) -> dict:
         """Loss, accuracy and F1 over every labelled row of all batches (batch size does not matter)."""
-        import torch
-        import torch.nn.functional as F
-
-        device = next(model.parameters()).device
-        was_training = model.training
-        model.eval()
         total, preds, truths = 0.0, [], []
-        try:
-            with torch.no_grad():
-                for batch in batches:
-                    batch = {k: v.to(device) for k, v in batch.items()}
-                    logits = self._logits(model, batch)
-                    labels = batch["labels"]
-                    keep = labels != IGNORE
-                    total += float(
-                        F.cross_entropy(logits, labels, ignore_index=IGNORE, reduction="sum")
-                    )
-                    preds += logits.argmax(-1)[keep].tolist()
-                    truths += labels[keep].tolist()
-        finally:
-            model.train(was_training)
+        with inference(model) as device:
+            for batch in batches:
+                batch = to_device(batch, device)
+                logits = self._logits(model, batch)
+                labels = batch["labels"]
+                keep = labels != IGNORE
+                total += float(summed_cross_entropy(logits, labels))
+                preds += logits.argmax(-1)[keep].tolist()
+                truths += labels[keep].tolist()
         if not truths:
             raise DataError(
                 "the eval data has no labelled rows; evaluation needs the label column "
@@ -478,34 +463,25 @@ class SequenceClassification:
         batch_size: int = 32,
     ) -> list[dict[str, Any]]:
         """Per row: {"label", "score" (its softmax probability), "line", "text"[, "text_pair"]}."""
-        import torch
-
         examples = self._encode(rows, tokenizer, options, with_labels=False)
-        device = next(model.parameters()).device
         labels = list(options.labels or [])
         out: list[dict[str, Any]] = []
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.no_grad():
-                for start in range(0, len(examples), batch_size):
-                    batch = self.collate(examples[start : start + batch_size], tokenizer, options)
-                    batch = {k: v.to(device) for k, v in batch.items()}
-                    probs = self._logits(model, batch).softmax(-1)
-                    score, best = probs.max(-1)
-                    for i, (s, b) in enumerate(zip(score.tolist(), best.tolist(), strict=True)):
-                        row = rows[start + i]
-                        item = {
-                            "label": labels[b] if b < len(labels) else str(b),
-                            "score": float(s),
-                            "line": row.get("line"),
-                            "text": row["text"],
-                        }
-                        if row.get("text_pair") is not None:
-                            item["text_pair"] = row["text_pair"]
-                        out.append(item)
-        finally:
-            model.train(was_training)
+        with inference(model) as device:
+            for start in range(0, len(examples), batch_size):
+                batch = self.collate(examples[start : start + batch_size], tokenizer, options)
+                probs = self._logits(model, to_device(batch, device)).softmax(-1)
+                score, best = probs.max(-1)
+                for i, (s, b) in enumerate(zip(score.tolist(), best.tolist(), strict=True)):
+                    row = rows[start + i]
+                    item = {
+                        "label": labels[b] if b < len(labels) else str(b),
+                        "score": float(s),
+                        "line": row.get("line"),
+                        "text": row["text"],
+                    }
+                    if row.get("text_pair") is not None:
+                        item["text_pair"] = row["text_pair"]
+                    out.append(item)
         return out
 
 

@@ -35,6 +35,14 @@ from pydantic import Field
 
 from adapterkit.errors import DataError, ModelError, UserError
 from adapterkit.tasks import _labelled
+from adapterkit.tasks._common import (
+    IGNORE,
+    count_targets,
+    inference,
+    read_text,
+    summed_cross_entropy,
+    to_device,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -45,7 +53,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("adapterkit")
 
-IGNORE = -100  # label value cross_entropy skips
 OUTSIDE = "O"  # the tag of a word outside any entity; also what a truncated word is predicted
 DOCSTART = "-DOCSTART-"
 _KIND = "TokenClassification"
@@ -99,12 +106,7 @@ def _column(index: int, ncols: int, what: str, path: Path, lineno: int) -> int:
 def read_conll(path: Path, options: Any) -> list[dict[str, Any]]:
     """Sentences of a CoNLL-style column file: {"words", "tags" (or None), "line", "where"}."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found; give the path of a CoNLL-style file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: cannot read it as UTF-8 text ({exc})") from exc
+    text = read_text(path, "a CoNLL-style file")
 
     rows: list[dict[str, Any]] = []
     words: list[str] = []
@@ -415,53 +417,34 @@ class TokenClassification:
 
     def targets(self, batch: dict[str, torch.Tensor]) -> int:
         """Labelled words in the batch (their first sub-tokens)."""
-        return int((batch["labels"] != IGNORE).sum())
+        return count_targets(batch["labels"])
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Summed cross entropy over the labelled first sub-tokens, in float32."""
-        return self._summed_loss(_logits(model, batch), batch)
-
-    def _summed_loss(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        import torch.nn.functional as F
-
-        labels = batch["labels"].to(logits.device)
-        return F.cross_entropy(
-            logits.reshape(-1, logits.size(-1)),
-            labels.reshape(-1),
-            ignore_index=IGNORE,
-            reduction="sum",
-        )
+        return summed_cross_entropy(_logits(model, batch), batch["labels"])
 
     def evaluate(
         self, model: nn.Module, batches: list[dict[str, torch.Tensor]], options: Any
     ) -> dict:
         """eval_loss per labelled word; entity P/R/F1 and tag accuracy over every word."""
-        import torch
-
-        device = next(model.parameters()).device
-        was_training = model.training
-        model.eval()
         total, count = 0.0, 0
         gold: list[list[str]] = []
         pred: list[list[str]] = []
-        try:
-            with torch.no_grad():
-                for batch in batches:
-                    batch = {k: v.to(device) for k, v in batch.items()}
-                    logits = _logits(model, batch)
-                    total += float(self._summed_loss(logits, batch))
-                    count += self.targets(batch)
-                    p, g = word_tags(logits, batch, list(options.labels))
-                    for r, (p_row, g_row) in enumerate(zip(p, g, strict=True)):
-                        if g_row is None:
-                            raise DataError(
-                                f"the sentence at line {int(batch['line'][r])} of the eval data "
-                                "has no tags; evaluation needs a tag column"
-                            )
-                        gold.append(g_row)
-                        pred.append(p_row)
-        finally:
-            model.train(was_training)
+        with inference(model) as device:
+            for batch in batches:
+                batch = to_device(batch, device)
+                logits = _logits(model, batch)
+                total += float(summed_cross_entropy(logits, batch["labels"]))
+                count += self.targets(batch)
+                p, g = word_tags(logits, batch, list(options.labels))
+                for r, (p_row, g_row) in enumerate(zip(p, g, strict=True)):
+                    if g_row is None:
+                        raise DataError(
+                            f"the sentence at line {int(batch['line'][r])} of the eval data "
+                            "has no tags; evaluation needs a tag column"
+                        )
+                    gold.append(g_row)
+                    pred.append(p_row)
         return {
             "eval_loss": total / count if count else float("nan"),
             **tag_metrics(gold, pred),
@@ -486,25 +469,17 @@ class TokenClassification:
         batch_size: int = 32,
     ) -> list[dict[str, Any]]:
         """A predicted tag per word of each sentence: [{"words", "tags", "line"}, ...]."""
-        import torch
-
         examples = self._encode(rows, tokenizer, options, use_tags=False)
-        device = next(model.parameters()).device
-        was_training = model.training
-        model.eval()
         results: list[dict[str, Any]] = []
-        try:
-            with torch.no_grad():
-                for start in range(0, len(examples), max(1, batch_size)):
-                    chunk = examples[start : start + max(1, batch_size)]
-                    batch = self.collate(chunk, tokenizer, options)
-                    logits = _logits(model, {k: v.to(device) for k, v in batch.items()})
-                    tags, _ = word_tags(logits, batch, list(options.labels))
-                    for j, row_tags in enumerate(tags):
-                        row = rows[start + j]
-                        results.append(
-                            {"words": list(row["words"]), "tags": row_tags, "line": row.get("line")}
-                        )
-        finally:
-            model.train(was_training)
+        with inference(model) as device:
+            for start in range(0, len(examples), max(1, batch_size)):
+                chunk = examples[start : start + max(1, batch_size)]
+                batch = self.collate(chunk, tokenizer, options)
+                logits = _logits(model, to_device(batch, device))
+                tags, _ = word_tags(logits, batch, list(options.labels))
+                for j, row_tags in enumerate(tags):
+                    row = rows[start + j]
+                    results.append(
+                        {"words": list(row["words"]), "tags": row_tags, "line": row.get("line")}
+                    )
         return results
