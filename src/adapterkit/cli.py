@@ -146,6 +146,45 @@ def train(
     click.echo(api.summary(metrics, out))
 
 
+@cli.command()
+@click.argument("recipe", type=click.Path(path_type=Path))
+@click.argument("overrides", nargs=-1)
+@click.option(
+    "--strategies",
+    default="full,head,last_n,lora,qlora",
+    show_default=True,
+    help="Comma-separated strategies to run, in this order.",
+)
+@click.option("--out", type=click.Path(path_type=Path), help="[runs/compare-<recipe>].")
+@click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON, not a table.")
+@click.option("--memory-limit", help="Cap each run's address space, e.g. 4GiB (RLIMIT_AS).")
+@click.option("--no-progress", is_flag=True, help="No per-run output (logs still written).")
+def compare(
+    recipe: Path,
+    overrides: tuple[str, ...],
+    strategies: str,
+    out: Path | None,
+    as_json: bool,
+    memory_limit: str | None,
+    no_progress: bool,
+) -> None:
+    """Train RECIPE once per strategy, each in its own process; print a comparison table.
+
+    OVERRIDES are section.key=value for every run, or <strategy>.<option>=value for one (lora.r=16).
+    A failed run keeps its row with the reason; the exit status is 2 only when every run failed.
+    """
+    from adapterkit import compare as cmp
+
+    limit = cmp.parse_size(memory_limit) if memory_limit else None
+    names = [s.strip() for s in strategies.split(",") if s.strip()]
+    out = out or Path("runs") / f"compare-{recipe.stem}"
+    rows = cmp.run(recipe, names, list(overrides), out, not no_progress, limit)
+    text = json.dumps(rows, indent=2, default=str) if as_json else cmp.markdown_table(rows)
+    click.echo(text.rstrip("\n"))
+    if all(r["error"] for r in rows):
+        raise UserError(f"every run failed; see the table and {out}/logs/")
+
+
 @cli.command("eval")
 @click.option("--adapter", type=click.Path(path_type=Path), required=True)
 @click.option("--data", type=click.Path(path_type=Path), required=True)
