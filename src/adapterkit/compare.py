@@ -34,37 +34,7 @@ from adapterkit.compare_report import markdown_table, pareto_front, plot_losses,
 from adapterkit.errors import UserError
 from adapterkit.recipe import SECTIONS, Recipe, load_yaml, resolve
 
-# Every row has these keys, failed ones with None, so tables and JSON consumers see one shape.
-FIELDS = (
-    "strategy",
-    "options",
-    "error",
-    "returncode",
-    "run_dir",
-    "trainable_params",
-    "trainable_percent",
-    "total_params",
-    "adapter_bytes",
-    "peak_memory_bytes",
-    "peak_memory_kind",
-    "peak_memory_reset",
-    "cuda_peak_reserved_bytes",
-    "load_peak_memory_bytes",
-    "rss_anon_bytes",
-    "rss_file_bytes",
-    "tokens_per_s",
-    "wall_time_s",
-    "trainer_wall_time_s",
-    "train_loss",
-    "steps",
-    "eval_metric",
-    "higher_is_better",
-    "eval_value",
-    "test_value",
-    "pareto",
-)
-
-# Copied from the run's metrics.json under the same name (see trainer.DEFINITIONS).
+# Copied from the run's metrics.json under the same name (see train_config.DEFINITIONS).
 METRICS_FIELDS = (
     "trainable_params",
     "trainable_percent",
@@ -80,6 +50,23 @@ METRICS_FIELDS = (
     "tokens_per_s",
     "train_loss",
     "steps",
+)
+
+# Every row has these keys, failed ones with None, so tables and JSON consumers see one shape.
+FIELDS = (
+    "strategy",
+    "options",
+    "error",
+    "returncode",
+    "run_dir",
+    *METRICS_FIELDS,
+    "wall_time_s",
+    "trainer_wall_time_s",
+    "eval_metric",
+    "higher_is_better",
+    "eval_value",
+    "test_value",
+    "pareto",
 )
 
 DEFINITIONS = {
