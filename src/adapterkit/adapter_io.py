@@ -8,9 +8,10 @@ An adapter directory holds
     ...                         a strategy's extra files (LoRA: peft's adapter_config.json)
 
 Loading never runs code: only safetensors are read, and a directory holding only pickle checkpoints
-is refused. Saving is atomic: the directory is written under a temporary sibling name and swapped
-into place, so a crash leaves either the old adapter or the new one, never a half-written or
-missing one.
+is refused. Saving is atomic: the directory is written under a temporary sibling name, flushed,
+and swapped into place (the old directory is kept as a `.old-<name>-*` backup until the swap is
+done), so a crash leaves either the old adapter or the new one, never a half-written or missing
+one; `recover` (called at start-up) finishes or rolls back a swap a crash interrupted.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from adapterkit import faults
 from adapterkit.errors import AdapterError
 
 if TYPE_CHECKING:
@@ -33,6 +35,9 @@ WEIGHTS = "adapter_model.safetensors"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 # safetensors metadata key recording names that were the same tensor (tied weights), written once.
 _ALIASES_KEY = "adapterkit.aliases"
+# Written into the temporary directory before run files are moved into it (see `_carry_over`):
+# the names it lists belong to the run, not to the new adapter, so `recover` can move them back.
+_CARRIED = ".adapterkit-carried.json"
 
 
 def _storage_key(t: torch.Tensor) -> tuple[Any, ...]:
@@ -61,12 +66,14 @@ def _prepare(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor],
     return out, aliases
 
 
-def _fsync_file(path: Path) -> None:
+def fsync_file(path: Path) -> None:
+    """Flush a file's data to disk (before a rename makes it visible)."""
     with open(path, "rb") as f:
         os.fsync(f.fileno())
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Flush a directory entry (makes renames in it durable)."""
     # Directory fsync makes renames durable on POSIX; not every platform allows opening a directory.
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -129,12 +136,15 @@ def save_adapter(
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out_dir.name}-", dir=parent))
     try:
         save_file(to_write, str(tmp / WEIGHTS), metadata=metadata)
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        faults.wrote(tmp / WEIGHTS)
+        write_bytes(
+            tmp / MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+        )
         for name, data in extra_files.items():
-            (tmp / name).write_bytes(data)
+            write_bytes(tmp / name, data)
         for path in tmp.iterdir():
-            _fsync_file(path)
-        _fsync_dir(tmp)
+            fsync_file(path)
+        fsync_dir(tmp)
         size = (tmp / WEIGHTS).stat().st_size
         if keep_other_files and out_dir.is_dir():
             _carry_over(out_dir, tmp)
@@ -145,31 +155,175 @@ def save_adapter(
     return size
 
 
+def write_bytes(path: Path, data: bytes) -> None:
+    """Write a file of an adapter or checkpoint (the one place fault injection watches)."""
+    Path(path).write_bytes(data)
+    faults.wrote(path)
+
+
 def _carry_over(old: Path, new: Path) -> None:
     """Move `old`'s entries that `new` does not have (run logs, best/, checkpoints/) into `new`.
 
     Renames within one file system: cheap, and each entry is always in exactly one of the two.
+    The names are recorded in `new` first, so a crash half-way is undone by `recover`.
     """
-    for entry in old.iterdir():
-        if not (new / entry.name).exists() and not entry.name.startswith((".tmp-", ".old-")):
-            os.rename(entry, new / entry.name)
+    names = [
+        e.name
+        for e in old.iterdir()
+        if not (new / e.name).exists() and not e.name.startswith((".tmp-", ".old-"))
+    ]
+    write_bytes(new / _CARRIED, json.dumps(names).encode())
+    fsync_file(new / _CARRIED)
+    fsync_dir(new)
+    for name in names:
+        os.rename(old / name, new / name)
 
 
 def _swap_into_place(tmp: Path, out_dir: Path) -> None:
     """Rename `tmp` to `out_dir`; an existing `out_dir` is moved aside first and deleted last."""
     if not out_dir.exists():
         os.rename(tmp, out_dir)
-        _fsync_dir(out_dir.parent)
+        fsync_dir(out_dir.parent)
+        _drop_carried_record(out_dir)
         return
     backup = out_dir.with_name(f".old-{out_dir.name}-{uuid.uuid4().hex[:8]}")
     os.rename(out_dir, backup)
+    faults.point("swap")
     try:
         os.rename(tmp, out_dir)
     except BaseException:
         os.rename(backup, out_dir)  # put the old adapter back: never leave none
         raise
-    _fsync_dir(out_dir.parent)
+    fsync_dir(out_dir.parent)
+    _drop_carried_record(out_dir)
     shutil.rmtree(backup, ignore_errors=True)
+
+
+def _drop_carried_record(out_dir: Path) -> None:
+    # After the swap the carried entries are where they belong; the record has done its job.
+    (out_dir / _CARRIED).unlink(missing_ok=True)
+
+
+def recover(out_dir: Path) -> list[str]:
+    """Finish or roll back an adapter save that a crash interrupted; returns what it did.
+
+    Three leftovers are possible next to `out_dir` (see `save_adapter`):
+      - `.old-<name>-*` with `out_dir` missing: the crash came between the two renames of the
+        swap; the backup is the previous adapter, complete, and is renamed back.
+      - `.old-<name>-*` with `out_dir` present: the swap completed; the backup is deleted.
+      - `.tmp-<name>-*`: a new adapter that never reached its place; run files already moved into
+        it (listed in its carried record) go back to `out_dir`, then it is deleted.
+    Safe to call on any path, any number of times; a missing parent is left alone.
+    """
+    out_dir = Path(out_dir)
+    parent, name = out_dir.parent, out_dir.name
+    if not parent.is_dir():
+        return []
+    done: list[str] = []
+    backups = sorted(_leftovers(parent, ".old-", name), key=lambda p: p.stat().st_mtime)
+    if backups and not out_dir.exists():
+        os.rename(backups.pop(), out_dir)  # the newest backup is the adapter that was in place
+        done.append(f"restored {out_dir} from its backup")
+    for backup in backups:
+        shutil.rmtree(backup, ignore_errors=True)
+        done.append(f"removed the finished swap's backup {backup.name}")
+    for tmp in _leftovers(parent, ".tmp-", name):
+        record = tmp / _CARRIED
+        if record.is_file() and out_dir.is_dir():
+            try:
+                names = json.loads(record.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                names = []
+            for entry in names if isinstance(names, list) else []:
+                src = tmp / str(entry)
+                if src.exists() and not (out_dir / src.name).exists():
+                    os.rename(src, out_dir / src.name)
+                    done.append(f"moved {src.name} back into {out_dir}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        done.append(f"removed the unfinished save {tmp.name}")
+    if out_dir.is_dir():
+        _drop_carried_record(out_dir)
+    return done
+
+
+def _leftovers(parent: Path, prefix: str, name: str) -> list[Path]:
+    """`<prefix><name>-XXXXXXXX` siblings: 8 characters after the name, as save_adapter makes them
+    (so a sibling adapter called `<name>-x` is not mistaken for a leftover of `<name>`)."""
+    head = f"{prefix}{name}-"
+    return [p for p in parent.glob(f"{head}*") if p.is_dir() and len(p.name) == len(head) + 8]
+
+
+# The manifest fields `api.load` relies on, with the JSON types they must have. A manifest is data
+# from a file someone handed over: every field is checked before it chooses code or shapes.
+_MANIFEST_FIELDS: dict[str, tuple[type, ...]] = {
+    "strategy": (dict,),
+    "strategy.name": (str,),
+    "strategy.options": (dict, type(None)),
+    "task": (dict,),
+    "task.name": (str,),
+    "task.options": (dict, type(None)),
+    "base_model": (dict,),
+    "base_model.name": (str,),
+    "base_model.fingerprint": (str,),
+    "base_model.dtype": (str, type(None)),
+    "base_model.trust_remote_code": (bool, type(None)),
+}
+_REQUIRED = {"strategy", "strategy.name", "task", "task.name", "base_model", "base_model.name"}
+_REQUIRED |= {"base_model.fingerprint"}
+_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def check_manifest(manifest: dict[str, Any], where: str) -> None:
+    """Raise AdapterError naming the field when a manifest field is missing or of the wrong type."""
+    problems = []
+    for key, types in _MANIFEST_FIELDS.items():
+        head, _, leaf = key.rpartition(".")
+        node = manifest.get(head) if head else manifest
+        if not isinstance(node, dict):
+            continue  # the section itself is reported
+        if leaf not in node:
+            if key in _REQUIRED:
+                problems.append(f"{key}: missing")
+            continue
+        if not isinstance(node[leaf], types):
+            want = " or ".join("null" if t is type(None) else t.__name__ for t in types)
+            problems.append(f"{key}: expected {want}, got {type(node[leaf]).__name__}")
+    dtype = (manifest.get("base_model") or {}).get("dtype") if not problems else None
+    if dtype is not None and dtype not in _DTYPES:
+        problems.append(f"base_model.dtype: {dtype!r} is not one of {', '.join(_DTYPES)}")
+    if problems:
+        raise AdapterError(f"{where}: invalid manifest: " + "; ".join(problems))
+
+
+def check_tensors(
+    tensors: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], where: str
+) -> None:
+    """Refuse adapter tensors that are not exactly `expected`'s names, shapes and dtypes.
+
+    `expected` is what the model, prepared by the same strategy and options, would save itself.
+    Checked before any weight is copied, so a foreign or tampered file changes nothing.
+    """
+    stray = sorted(set(tensors) - set(expected))
+    missing = sorted(set(expected) - set(tensors))
+    wrong = [
+        f"{k}: {tuple(t.shape)} {str(t.dtype).removeprefix('torch.')} in the file, the model has "
+        f"{tuple(expected[k].shape)} {str(expected[k].dtype).removeprefix('torch.')}"
+        for k, t in sorted(tensors.items())
+        if k in expected and (t.shape != expected[k].shape or t.dtype != expected[k].dtype)
+    ]
+    problems = []
+    if stray:
+        problems.append(f"{len(stray)} tensor(s) map to no module of the model: {stray[:5]}")
+    if missing:
+        problems.append(f"{len(missing)} tensor(s) the model needs are missing: {missing[:5]}")
+    if wrong:
+        problems.append("shape or dtype differs: " + "; ".join(wrong[:5]))
+    if problems:
+        raise AdapterError(
+            f"{where}: the adapter does not fit this model ("
+            + "; ".join(problems)
+            + "); nothing was loaded. Was it made with another strategy, options or base model?"
+        )
 
 
 def read_adapter(adapter_dir: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:

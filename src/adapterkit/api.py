@@ -23,7 +23,7 @@ import yaml
 
 from adapterkit import __version__, models
 from adapterkit import options as opts
-from adapterkit.errors import AdapterError, UserError
+from adapterkit.errors import AdapterError, OutOfMemoryError, UserError
 from adapterkit.recipe import Recipe
 
 log = logging.getLogger("adapterkit")
@@ -42,7 +42,7 @@ class Loaded:
     manifest: dict[str, Any]
 
 
-def _quiet_known_notices() -> None:
+def quiet_known_notices() -> None:
     """Hide two library notices a user cannot act on (see README, "Known notices").
 
     bitsandbytes logs that the optional `kernels` package is missing (it would fetch kernels from a
@@ -143,17 +143,46 @@ def _score(task: Any, model: Any, examples: list[dict], tokenizer: Any, options:
 RUN_FILES = ("log.jsonl", "metrics.json", "best", "checkpoints")
 
 
-def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
-    """Refuse to train into a directory holding anything, unless told to replace a previous run."""
+def recover_run_dir(out_dir: Path) -> list[str]:
+    """Finish or undo what a crash while saving left in a run directory (see adapter_io.recover)."""
+    from adapterkit import adapter_io, checkpoints
+
+    done = adapter_io.recover(out_dir)
+    if out_dir.is_dir():
+        done += adapter_io.recover(out_dir / "best")
+        checkpoints.recover(out_dir / "checkpoints")
+    for line in done:
+        log.warning("recovered an interrupted save: %s", line)
+    return done
+
+
+def _prepare_out_dir(out_dir: Path, overwrite: bool, resume: bool = False) -> Path | None:
+    """Refuse to train into a directory holding anything, unless told to replace or resume a run.
+
+    Returns the checkpoint to resume from (with `resume`), else None.
+    """
+    from adapterkit import checkpoints
     from adapterkit.adapter_io import MANIFEST
 
+    if resume and overwrite:
+        raise UserError("--resume and --overwrite contradict each other; give one of them")
+    if resume:
+        found = checkpoints.latest(out_dir / "checkpoints") if out_dir.is_dir() else None
+        if found is None:
+            raise UserError(
+                f"{out_dir}/checkpoints: no checkpoint to resume from (a run saves them only with "
+                "train.checkpoint_every set, or when it is stopped by Ctrl-C/SIGTERM); "
+                "drop --resume to start afresh"
+            )
+        return found
     if not out_dir.exists() or not any(out_dir.iterdir()):
         out_dir.mkdir(parents=True, exist_ok=True)
-        return
+        return None
     if not overwrite:
+        what = "holds an adapter" if (out_dir / MANIFEST).is_file() else "is not empty"
         raise UserError(
-            f"{out_dir}: already exists and is not empty; pass --overwrite to replace the run "
-            "there, or choose another --out"
+            f"{out_dir}: already exists and {what}; pass --resume to continue the run there from "
+            "its latest checkpoint, --overwrite to replace it, or choose another --out"
         )
     if not ((out_dir / MANIFEST).is_file() or (out_dir / "log.jsonl").is_file()):
         raise UserError(
@@ -167,18 +196,79 @@ def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
             shutil.rmtree(path)
         elif path.exists():
             path.unlink()
+    return None
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict) and value:
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: value}
+
+
+# Keys a resume may change: only how long to train.
+RESUMABLE_CHANGES = frozenset({"train.max_steps"})
+
+
+def recipe_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """`key: checkpoint value -> this value` for every resolved-recipe key that differs.
+
+    Compared after a JSON round trip (what the checkpoint went through), so a tuple and a list
+    of the same items are equal; keys in RESUMABLE_CHANGES are allowed to differ.
+    """
+    from adapterkit.checkpoints import json_safe
+
+    a = _flatten(json.loads(json.dumps(json_safe(saved), default=str)))
+    b = _flatten(json.loads(json.dumps(json_safe(current), default=str)))
+    return [
+        f"{key}: {a.get(key)!r} -> {b.get(key)!r}"
+        for key in sorted(set(a) | set(b))
+        if key not in RESUMABLE_CHANGES and a.get(key) != b.get(key)
+    ]
+
+
+def _check_resumable(checkpoint: Path, recipe: Recipe) -> None:
+    from adapterkit import checkpoints
+
+    state = checkpoints.read_state(checkpoint)
+    saved = state.get("recipe")
+    if not isinstance(saved, dict):
+        raise UserError(
+            f"{checkpoint}/trainer_state.json: records no recipe (written by an older adapterkit?); "
+            "it cannot be checked against this run, so it is not resumed"
+        )
+    diff = recipe_differences(saved, recipe.to_dict())
+    if diff:
+        raise UserError(
+            f"{checkpoint}: cannot resume: the recipe differs from the checkpoint's in "
+            f"{len(diff)} key(s) (only train.max_steps may change):\n"
+            + "\n".join(f"  - {d}" for d in diff)
+        )
 
 
 def train(
-    recipe: Recipe, out_dir: Path, progress: bool = True, overwrite: bool = False
+    recipe: Recipe,
+    out_dir: Path,
+    progress: bool = True,
+    overwrite: bool = False,
+    resume: bool = False,
+    resume_hint: str | None = None,
 ) -> dict[str, Any]:
-    """Train as `recipe` says; the adapter, logs and metrics.json land in `out_dir`."""
-    from adapterkit import adapter_io, trainer
+    """Train as `recipe` says; the adapter, logs and metrics.json land in `out_dir`.
+
+    `resume`: continue from the latest checkpoint in `out_dir/checkpoints`, which must have been
+    written with the same resolved recipe except `train.max_steps`. `resume_hint` ends the message
+    of a run stopped by SIGINT/SIGTERM (the CLI passes the exact command).
+    """
+    from adapterkit import adapter_io, checkpoints, trainer
     from adapterkit.plugins import load_registry
 
     out_dir = Path(out_dir)
-    _prepare_out_dir(out_dir, overwrite)
-    _quiet_known_notices()
+    recover_run_dir(out_dir)
+    checkpoint = _prepare_out_dir(out_dir, overwrite, resume)
+    quiet_known_notices()
 
     registry = load_registry()
     strategy = registry.strategy(recipe.strategy.name)
@@ -196,6 +286,8 @@ def train(
     test_rows = _read(task, data.test, recipe.task.options)
     t_opts = task.setup(train_rows, recipe.task.options)  # e.g. label names, for the head size
     recipe = dataclasses.replace(recipe, task=dataclasses.replace(recipe.task, options=t_opts))
+    if checkpoint is not None:  # before the model loads: a refusal should cost milliseconds
+        _check_resumable(checkpoint, recipe)
 
     source = models.resolve(recipe.model.name)
     parts = task.model_parts(source, t_opts)
@@ -222,19 +314,31 @@ def train(
         tensors = strategy.adapter_state_dict(model, s_opts)
         return adapter_io.save_adapter(path, tensors, manifest, extra, keep_other_files=True)
 
-    metrics = trainer.fit(
-        model,
-        task,
-        t_opts,
-        train_examples,
-        eval_examples,
-        recipe.train,
-        out_dir,
-        tokenizer=tokenizer,
-        adapter_tensors=lambda m: strategy.adapter_state_dict(m, s_opts),
-        save_adapter=save,
-        progress=progress,
-    )
+    resume_from = None
+    if checkpoint is not None:
+        resume_from = {**checkpoints.load_checkpoint(checkpoint), "path": str(checkpoint)}
+        log.warning("resuming from %s", checkpoint)
+    hint = resume_hint or f"run the same command again with --out {out_dir} --resume"
+    try:
+        metrics = trainer.fit(
+            model,
+            task,
+            t_opts,
+            train_examples,
+            eval_examples,
+            recipe.train,
+            out_dir,
+            tokenizer=tokenizer,
+            adapter_tensors=lambda m: strategy.adapter_state_dict(m, s_opts),
+            save_adapter=save,
+            progress=progress,
+            resume=resume_from,
+            load_adapter=lambda m, tensors: strategy.load_adapter_state_dict(m, tensors, s_opts),
+            run_state={"recipe": recipe.to_dict()},
+            resume_hint=hint,
+        )
+    except OutOfMemoryError as exc:
+        raise OutOfMemoryError(f"{exc}\n{plan_advice(recipe)}") from exc
     if test_examples:
         extra = _test_metrics(
             model, strategy, s_opts, task, test_examples, tokenizer, t_opts, out_dir
@@ -243,6 +347,39 @@ def train(
         metrics.update(extra)
         trainer.write_json(out_dir / "metrics.json", metrics)
     return metrics
+
+
+def plan_advice(recipe: Recipe) -> str:
+    """What `adapterkit plan` says about this recipe: its peak, with checkpointing, with qlora,
+    and the largest batch that fits this machine's memory. Empty if the planner cannot tell."""
+    try:
+        import torch
+
+        from adapterkit import estimate
+
+        cuda = torch.cuda.is_available()
+        device = "cuda" if cuda else "cpu"
+        budget = (
+            torch.cuda.get_device_properties(0).total_memory
+            if cuda
+            else __import__("psutil").virtual_memory().total
+        )
+        names = list(dict.fromkeys([recipe.strategy.name, "qlora"]))
+        plans = {p.strategy: p for p in estimate.from_recipe(recipe, names, device)}
+    except Exception:  # advice must never hide the real error
+        return ""
+    own = plans[recipe.strategy.name]
+    gib = 2**30
+    lines = [
+        f"plan for {device} ({budget / gib:.1f} GiB): {own.strategy} at batch {own.batch_size} "
+        f"x {own.seq_len} tokens needs about {own.peak(False) / gib:.1f} GiB, "
+        f"{own.peak(True) / gib:.1f} GiB with train.gradient_checkpointing=true; "
+        f"largest batch that fits: {own.max_batch_size(budget, checkpointed=False)} "
+        f"({own.max_batch_size(budget, checkpointed=True)} with checkpointing)"
+    ]
+    if "qlora" in plans and own.strategy != "qlora":
+        lines.append(f"strategy qlora: about {plans['qlora'].peak(False) / gib:.1f} GiB")
+    return "\n".join(lines)
 
 
 def _test_metrics(
@@ -275,22 +412,32 @@ def _test_metrics(
     return out
 
 
-def load(adapter_dir: Path, base: str | None = None) -> Loaded:
+def load(adapter_dir: Path, base: str | None = None, trust_remote_code: bool = False) -> Loaded:
     """Load the base model named in the adapter's manifest (or `base`) and apply the adapter.
 
-    Never runs code from the adapter: safetensors only, trust_remote_code as the recipe recorded.
+    Never runs code from the adapter: safetensors only; every manifest field is type-checked and
+    every tensor is checked against the model (name, shape, dtype) before any weight is applied.
+    A base model that needs `trust_remote_code` loads only when the caller passes it: a manifest
+    is a file someone handed over, and cannot switch on running a model's code by itself.
     """
     from adapterkit import adapter_io
     from adapterkit.plugins import load_registry
 
-    _quiet_known_notices()
-    manifest, tensors = adapter_io.read_adapter(Path(adapter_dir))
+    quiet_known_notices()
+    adapter_dir = Path(adapter_dir)
+    recover_run_dir(adapter_dir)
+    manifest, tensors = adapter_io.read_adapter(adapter_dir)
+    adapter_io.check_manifest(manifest, f"{adapter_dir}/{adapter_io.MANIFEST}")
     registry = load_registry()
-    try:
-        s_name, t_name = manifest["strategy"]["name"], manifest["task"]["name"]
-        base_info = manifest["base_model"]
-    except (KeyError, TypeError) as exc:
-        raise AdapterError(f"{adapter_dir}/adapterkit.json: missing field {exc}") from None
+    s_name, t_name = manifest["strategy"]["name"], manifest["task"]["name"]
+    base_info = manifest["base_model"]
+    if base_info.get("trust_remote_code") and not trust_remote_code:
+        raise AdapterError(
+            f"{adapter_dir}/{adapter_io.MANIFEST}: the base model was trained with "
+            "trust_remote_code (it runs Python code shipped with the model); adapterkit does not "
+            "run it on an adapter's say-so. Call api.load(..., trust_remote_code=True) if you "
+            "trust that model"
+        )
     strategy, task = registry.strategy(s_name), registry.task(t_name)
     s_opts, s_err = opts.parse(
         type(strategy).Options, manifest["strategy"].get("options"), "strategy"
@@ -309,6 +456,9 @@ def load(adapter_dir: Path, base: str | None = None) -> Loaded:
         source, t_opts, _load_kwargs(strategy, s_opts, parts, model_cfg)
     )
     model = strategy.apply(model, s_opts, parts)
+    adapter_io.check_tensors(
+        tensors, strategy.adapter_state_dict(model, s_opts), str(adapter_dir / adapter_io.WEIGHTS)
+    )
     strategy.load_adapter_state_dict(model, tensors, s_opts)
     model.eval()
     return Loaded(model, tokenizer, task, t_opts, strategy, s_opts, manifest)

@@ -17,7 +17,9 @@ from adapterkit.errors import UserError
 
 
 class _Group(click.Group):
-    """Turns UserError into a short message and exit status 2 (traceback only with --debug)."""
+    """Turns UserError into a short message and its exit status (2; 128 + signal for a run stopped
+    by SIGINT/SIGTERM); a traceback only with --debug. A Ctrl-C outside training (loading, say)
+    exits 130 with one line, as shells expect."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -27,6 +29,11 @@ class _Group(click.Group):
                 raise
             click.echo(f"error: {exc}", err=True)
             sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            if ctx.meta.get("adapterkit.debug"):
+                raise
+            click.echo("interrupted", err=True)
+            sys.exit(130)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -132,17 +139,44 @@ def recipes_validate(paths: tuple[Path, ...]) -> None:
 @click.argument("overrides", nargs=-1)
 @click.option("--out", type=click.Path(path_type=Path), help="Output directory [runs/<recipe>].")
 @click.option("--overwrite", is_flag=True, help="Replace a previous run in --out.")
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue the run in --out from its latest checkpoint (same recipe; only "
+    "train.max_steps may change).",
+)
 @click.option("--no-progress", is_flag=True, help="No progress bar (logs still written).")
 def train(
-    recipe: Path, overrides: tuple[str, ...], out: Path | None, overwrite: bool, no_progress: bool
+    recipe: Path,
+    overrides: tuple[str, ...],
+    out: Path | None,
+    overwrite: bool,
+    resume: bool,
+    no_progress: bool,
 ) -> None:
-    """Fine-tune as RECIPE says; OVERRIDES are section.key=value (e.g. train.max_steps=10)."""
+    """Fine-tune as RECIPE says; OVERRIDES are section.key=value (e.g. train.max_steps=10).
+
+    Ctrl-C or SIGTERM finishes the current step, writes a checkpoint, and prints the command
+    that resumes the run.
+    """
+    import shlex
+
     from adapterkit import api
     from adapterkit.recipe import resolve
 
+    if resume and overwrite:
+        raise UserError("--resume and --overwrite contradict each other; give one of them")
     resolved = resolve(recipe, overrides)
     out = out or Path("runs") / recipe.stem
-    metrics = api.train(resolved, out, progress=not no_progress, overwrite=overwrite)
+    again = ["adapterkit", "train", str(recipe), *overrides, "--out", str(out), "--resume"]
+    metrics = api.train(
+        resolved,
+        out,
+        progress=not no_progress,
+        overwrite=overwrite,
+        resume=resume,
+        resume_hint=shlex.join(again),
+    )
     click.echo(api.summary(metrics, out))
 
 
@@ -183,6 +217,44 @@ def compare(
     click.echo(text.rstrip("\n"))
     if all(r["error"] for r in rows):
         raise UserError(f"every run failed; see the table and {out}/logs/")
+
+
+@cli.command()
+@click.argument("recipe", type=click.Path(path_type=Path))
+@click.argument("overrides", nargs=-1)
+@click.option("--strategies", help="Comma-separated strategies to plan [the recipe's own].")
+@click.option("--budget", help="Memory budget, e.g. 24GiB: says what fits and the largest batch.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), help="[cuda if present, else cpu]")
+@click.option("--model", help="Plan another model: a config.json, a directory or a short name.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def plan(
+    recipe: Path,
+    overrides: tuple[str, ...],
+    strategies: str | None,
+    budget: str | None,
+    device: str | None,
+    model: str | None,
+    as_json: bool,
+) -> None:
+    """Estimate training memory per strategy from the model's config alone (no weights read)."""
+    from adapterkit import estimate
+    from adapterkit.api import quiet_known_notices
+    from adapterkit.compare import parse_size
+    from adapterkit.recipe import resolve
+
+    quiet_known_notices()
+    extra = [f"model.name={model}"] if model else []
+    resolved = resolve(recipe, [*overrides, *extra])
+    if device is None:
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    names = [s.strip() for s in strategies.split(",") if s.strip()] if strategies else None
+    plans = estimate.from_recipe(resolved, names, device)
+    if as_json:
+        click.echo(estimate.to_json(plans))
+    else:
+        click.echo(estimate.format_table(plans, parse_size(budget) if budget else None))
 
 
 @cli.command("eval")

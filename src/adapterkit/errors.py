@@ -42,3 +42,20 @@ class AdapterError(UserError):
 
 class TrainingError(UserError):
     """Training cannot go on (diverged, out of memory); the message says what to try."""
+
+
+class OutOfMemoryError(TrainingError):
+    """A training step could not allocate memory; the message says what to change."""
+
+
+class TrainingInterrupted(TrainingError):
+    """SIGINT/SIGTERM stopped training after a step; a checkpoint was written to resume from.
+
+    The exit status is the shell's convention for death by that signal (128 + its number), so
+    scripts can tell an interruption from a finished run and from a user error.
+    """
+
+    def __init__(self, message: str, signum: int, checkpoint: str) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum
+        self.checkpoint = checkpoint

@@ -97,7 +97,9 @@ def resolve(name_or_path: str, cache_dir: Path | None = None) -> ModelSource:
     root = Path(cache_dir) if cache_dir is not None else cache_root()
     if name_or_path in EMBEDDED:
         return _resolve_embedded(name_or_path, root)
-    path = Path(name_or_path).expanduser()
+    path = Path(name_or_path)
+    with contextlib.suppress(RuntimeError):  # "~nobody": no such user; reported as not found
+        path = path.expanduser()
     if path.is_file() and path.suffix.lower() == ".gguf":
         sha = sha256_file(path)
         slug = re.sub(r"[^a-z0-9._-]+", "-", path.stem.lower()).strip("-.") or "model"

@@ -12,6 +12,7 @@ anything heavy loads (no torch import), so a typo costs milliseconds, not a mode
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -212,7 +213,10 @@ def _resolve_path(value: str | None, base: Path, from_override: bool) -> str | N
     """Paths in the file are relative to the recipe; paths typed on the command line to the cwd."""
     if value is None:
         return None
-    p = Path(value).expanduser()
+    p = Path(value)
+    # "~nobody/x" names no user: expanduser raises; keep it as written (reported as not found)
+    with contextlib.suppress(RuntimeError):
+        p = p.expanduser()
     if not p.is_absolute() and not from_override:
         p = base / p
     return str(p)

@@ -10,7 +10,13 @@ Files written under `out_dir` (the caller's `save_adapter` adds the adapter file
     best/            the adapter with the best eval metric (when there is eval data)
     checkpoints/     step-NNNNNN/ every `checkpoint_every` steps, the last `keep_checkpoints` kept
 
-Resuming from a checkpoint is not implemented yet; checkpoints hold everything it will need.
+Resuming (`resume=` a loaded checkpoint) restores the trainable weights, optimizer and scheduler,
+every RNG, the data position, the best-adapter bookkeeping and the recent losses, so a resumed run
+ends bit for bit where an uninterrupted one would (same machine, same thread count).
+
+Stopping: SIGINT/SIGTERM finish the current step, write a checkpoint and raise TrainingInterrupted;
+a non-finite loss or gradient, or running out of memory, raise TrainingError before the optimizer
+step, so the last checkpoint on disk is the last good state.
 """
 
 from __future__ import annotations
@@ -18,14 +24,24 @@ from __future__ import annotations
 import json
 import math
 import random
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from adapterkit.checkpoints import json_safe, save_checkpoint, write_json
-from adapterkit.errors import DataError, PluginError, TrainingError
+from adapterkit import faults
+from adapterkit.adapter_io import check_tensors
+from adapterkit.checkpoints import json_safe, save_checkpoint, set_rng_state, write_json
+from adapterkit.errors import (
+    DataError,
+    OutOfMemoryError,
+    PluginError,
+    TrainingError,
+    TrainingInterrupted,
+)
 from adapterkit.measure import MemoryMeter, parameter_counts, rss_anon_bytes, rss_file_bytes
 from adapterkit.strategy import trainable_named_parameters
 from adapterkit.train_config import DEFINITIONS, TrainConfig
@@ -154,22 +170,94 @@ def seed(value: int) -> None:
     torch.manual_seed(value)  # also seeds every CUDA device
 
 
-def _windows(n: int, cfg: TrainConfig) -> Iterator[tuple[int, int, list[list[int]]]]:
+def _windows(
+    n: int, cfg: TrainConfig, epoch: int = 0, next_batch: int = 0
+) -> Iterator[tuple[int, int, list[list[int]]]]:
     """Forever: (epoch, index of the first batch, the window's batches as example indices).
 
     Each epoch is a fresh shuffle seeded by seed + epoch, so the order is reproducible from the
-    data position alone. A window (one optimizer step) never spans two epochs.
+    data position alone: a resume starts at (`epoch`, `next_batch`). A window (one optimizer step)
+    never spans two epochs.
     """
     import torch
 
-    epoch = 0
     while True:
         order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed + epoch))
         order = order.tolist()
         batches = [order[i : i + cfg.batch_size] for i in range(0, n, cfg.batch_size)]
-        for start in range(0, len(batches), cfg.grad_accum):
+        for start in range(next_batch, len(batches), cfg.grad_accum):
             yield epoch, start, batches[start : start + cfg.grad_accum]
-        epoch += 1
+        epoch, next_batch = epoch + 1, 0
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for CUDA's OutOfMemoryError and for the CPU allocator's RuntimeError (or MemoryError)."""
+    import torch
+
+    if isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and (
+        "can't allocate memory" in text or "not enough memory" in text or "out of memory" in text
+    )
+
+
+def out_of_memory_advice(cfg: TrainConfig) -> str:
+    """Concrete overrides that lower the memory a step needs, smallest change first."""
+    lines = []
+    if cfg.batch_size > 1:
+        half = cfg.batch_size // 2
+        lines.append(
+            f"train.batch_size={half} train.grad_accum={cfg.grad_accum * 2}  "
+            f"(half the batch, same examples per step; now batch_size={cfg.batch_size})"
+        )
+    else:
+        lines.append("task.options.max_length=<fewer tokens>  (batch_size=1 already)")
+    if not cfg.gradient_checkpointing:
+        lines.append("train.gradient_checkpointing=true  (recompute activations in backward)")
+    lines.append("strategy.name=qlora  (a 4-bit base model: far less weight memory)")
+    return "\n".join(f"  {line}" for line in lines)
+
+
+class _StopSignals:
+    """While active, SIGINT/SIGTERM only set `received`; the loop stops after the current step.
+
+    A second signal raises KeyboardInterrupt at once (the user insists). Handlers are installed
+    only in the main thread (Python allows no other) and restored on exit.
+    """
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.received is not None:
+            raise KeyboardInterrupt
+        self.received = signum
+
+    def __enter__(self) -> _StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _trim_log(path: Path, step: int) -> None:
+    """Keep the log lines of steps up to `step`: a killed run may have logged steps after it."""
+    kept = []
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                kept.append(line + "\n")
+        except ValueError:
+            break  # a line cut by the crash, and whatever follows it
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(kept))
+    tmp.replace(path)
 
 
 # ---- the loop ------------------------------------------------------------------------------------
@@ -188,8 +276,18 @@ def fit(
     adapter_tensors: Callable[[nn.Module], dict[str, Tensor]],
     save_adapter: Callable[[nn.Module, Path], int],
     progress: bool = True,
+    resume: dict[str, Any] | None = None,
+    load_adapter: Callable[[nn.Module, dict[str, Tensor]], None] | None = None,
+    run_state: dict[str, Any] | None = None,
+    resume_hint: str = "run the same command again with --resume",
 ) -> dict[str, Any]:
-    """Train `model`'s trainable parameters on `train_examples`; returns (and writes) the metrics."""
+    """Train `model`'s trainable parameters on `train_examples`; returns (and writes) the metrics.
+
+    `resume`: a checkpoint from `checkpoints.load_checkpoint`, continued from; its tensors go into
+    the model through `load_adapter` (the strategy's loader). `run_state` is stored in every
+    checkpoint's trainer_state.json (the caller keeps the resolved recipe there, to compare on
+    resume). `resume_hint` ends the message of an interrupted run.
+    """
     import torch
     from tqdm.auto import tqdm
 
@@ -239,7 +337,10 @@ def fit(
     ]
 
     log_path = out_dir / "log.jsonl"
-    log_path.write_text("")
+    if resume is None:
+        log_path.write_text("")
+    else:
+        _trim_log(log_path, int(resume["state"]["step"]))
 
     def log(record: dict[str, Any]) -> None:
         # Opened per line so that the file is complete whenever training stops, even by a crash.
@@ -278,7 +379,7 @@ def fit(
     # The "before" figure: the model as the strategy prepared it (LoRA starts as the identity).
     # Log-only: it is not a candidate for best/, which holds trained adapters.
     initial_eval: dict[str, Any] | None = None
-    if eval_batches and cfg.eval_at_start:
+    if eval_batches and cfg.eval_at_start and resume is None:
         model.eval()
         with torch.no_grad():
             initial_eval = task.evaluate(model, [to_device(b) for b in eval_batches], task_options)
@@ -291,35 +392,108 @@ def fit(
 
     was_training = model.training
     model.train()
-    windows = _windows(len(train_examples), cfg)
     losses: list[float] = []
     step = 0
     epoch = position = 0
     tokens_total = 0
     train_time = 0.0
     stopped_early = False
-    bar = tqdm(total=total_steps, disable=not progress, desc="train", unit="step")
+    if resume is not None:
+        st = resume["state"]
+        step, epoch, position = int(st["step"]), int(st["epoch"]), int(st["next_batch"])
+        best_value, best_step, bad_evals = st["best_value"], st["best_step"], st["bad_evals"]
+        best_eval, initial_eval = st.get("best_eval"), st.get("initial_eval")
+        last_eval, last_eval_step = st.get("last_eval"), int(st.get("last_eval_step", -1))
+        losses = [float(x) for x in st.get("recent_losses", [])]
+        tokens_total, train_time = int(st.get("tokens", 0)), float(st.get("train_time_s", 0.0))
+        expected = adapter_tensors(bare)
+        check_tensors(resume["tensors"], expected, str(resume.get("path", "checkpoint")))
+        if load_adapter is None:
+            raise TypeError("fit(resume=...) needs load_adapter to put the weights back")
+        load_adapter(bare, resume["tensors"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        set_rng_state(resume["rng"])  # last, so nothing above draws from the restored streams
+    windows = _windows(len(train_examples), cfg, epoch, position)
+
+    def checkpoint() -> Path:
+        state = {
+            "step": step,
+            "epoch": epoch,
+            "next_batch": position,
+            "seed": cfg.seed,
+            "best_value": best_value,
+            "best_step": best_step,
+            "best_eval": best_eval,
+            "bad_evals": bad_evals,
+            "initial_eval": initial_eval,
+            "last_eval": last_eval,
+            "last_eval_step": last_eval_step,
+            "recent_losses": losses[-10:],
+            "tokens": tokens_total,
+            "train_time_s": train_time,
+            "config": asdict(cfg),
+            **(run_state or {}),
+        }
+        return save_checkpoint(
+            out_dir / "checkpoints",
+            step,
+            adapter_tensors(bare),
+            optimizer,
+            scheduler,
+            state,
+            cfg.keep_checkpoints,
+        )
+
+    def last_good() -> str:
+        from adapterkit.checkpoints import latest
+
+        found = latest(out_dir / "checkpoints")
+        return f"the last good checkpoint, {found}, is kept" if found else "no checkpoint was saved"
+
+    bar = tqdm(total=total_steps, initial=step, disable=not progress, desc="train", unit="step")
+    stop = _StopSignals()
     try:
+        stop.__enter__()
         while step < total_steps:
             epoch, first, window = next(windows)
             t0 = time.perf_counter()
-            batches = [
-                to_device(task.collate([train_examples[j] for j in idx], tokenizer, task_options))
-                for idx in window
-            ]
-            step_loss, _ = accumulate_gradients(model, task, batches, accelerator.backward)
-            if not math.isfinite(step_loss):
-                raise TrainingError(
-                    f"the loss became {step_loss} at step {step + 1}; lower lr, keep max_grad_norm "
-                    "set, or use precision=fp32"
-                )
-            params = [p for p in model.parameters() if p.grad is not None]
-            if cfg.max_grad_norm is not None:
-                grad_norm = float(accelerator.clip_grad_norm_(params, cfg.max_grad_norm))
-            else:  # no clipping, but the norm is still worth logging
-                grad_norm = float(torch.nn.utils.get_total_norm([p.grad for p in params]))
-            lr = float(scheduler.get_last_lr()[0])
-            optimizer.step()
+            try:
+                batches = [
+                    to_device(
+                        task.collate([train_examples[j] for j in idx], tokenizer, task_options)
+                    )
+                    for idx in window
+                ]
+                step_loss, _ = accumulate_gradients(model, task, batches, accelerator.backward)
+                if not math.isfinite(step_loss):
+                    raise TrainingError(
+                        f"diverged: the loss became {step_loss} at step {step + 1}; the step was "
+                        f"not applied and {last_good()}. Lower train.lr, keep "
+                        "train.max_grad_norm set, or use train.precision=fp32"
+                    )
+                params = [p for p in model.parameters() if p.grad is not None]
+                if cfg.max_grad_norm is not None:
+                    grad_norm = float(accelerator.clip_grad_norm_(params, cfg.max_grad_norm))
+                else:  # no clipping, but the norm is still worth logging
+                    grad_norm = float(torch.nn.utils.get_total_norm([p.grad for p in params]))
+                if not math.isfinite(grad_norm):
+                    raise TrainingError(
+                        f"diverged: the gradient norm became {grad_norm} at step {step + 1}; the "
+                        f"step was not applied and {last_good()}. Lower train.lr or use "
+                        "train.precision=fp32"
+                    )
+                lr = float(scheduler.get_last_lr()[0])
+                optimizer.step()
+            except Exception as exc:
+                if not is_out_of_memory(exc):
+                    raise
+                optimizer.zero_grad(set_to_none=True)
+                raise OutOfMemoryError(
+                    f"out of memory at step {step + 1} on {device} ({str(exc).splitlines()[0]}); "
+                    f"the step was not applied and {last_good()}. Try one of these overrides "
+                    f"(`adapterkit plan` estimates what fits):\n{out_of_memory_advice(cfg)}"
+                ) from exc
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             tokens = sum(int(b["attention_mask"].sum()) for b in batches)
@@ -352,29 +526,24 @@ def fit(
                     }
                 )
             bar.update(1)
+            faults.pause_after_step(step, lambda: stop.received is not None)
             if eval_batches and cfg.eval_every and step % cfg.eval_every == 0 and run_eval(step):
                 stopped_early = True
                 break
+            saved = None
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-                save_checkpoint(
-                    out_dir / "checkpoints",
-                    step,
-                    adapter_tensors(bare),
-                    optimizer,
-                    scheduler,
-                    {
-                        "step": step,
-                        "epoch": epoch,
-                        "next_batch": position,
-                        "seed": cfg.seed,
-                        "best_value": best_value,
-                        "best_step": best_step,
-                        "bad_evals": bad_evals,
-                        "config": asdict(cfg),
-                    },
-                    cfg.keep_checkpoints,
+                saved = checkpoint()
+            if stop.received is not None:
+                saved = saved or checkpoint()
+                name = signal.Signals(stop.received).name
+                raise TrainingInterrupted(
+                    f"stopped by {name} after step {step} of {total_steps}; checkpoint written to "
+                    f"{saved}. To continue: {resume_hint}",
+                    stop.received,
+                    str(saved),
                 )
     finally:
+        stop.__exit__()
         bar.close()
     peak = meter.peak()
     anon, file_rss = rss_anon_bytes(), rss_file_bytes()

@@ -1,0 +1,193 @@
+"""`adapterkit.estimate.plan` against the trainer's measured peak memory.
+
+    .venv/bin/python benchmarks/plan_vs_measured.py [--models smollm2 minilm]
+        [--strategies full head last_n lora qlora] [--points 8x64 32x128] [--max-steps 3]
+        [--out benchmarks/results/plan]
+    .venv/bin/python benchmarks/plan_vs_measured.py --measure-runtime
+
+For each embedded model (SmolLM2-135M with causal_lm on data/instructions, MiniLM-L6 with
+sequence_classification on data/sst2), each built-in strategy and each (batch, length) point, it
+runs `adapterkit train` in a child process (one at a time) and compares metrics.json's
+`peak_memory_bytes` (CPU: the process's peak RSS during the training steps; CUDA: the allocator's
+max_memory_allocated) with the plan for the same point. Every row of the training file is made
+long enough to be cut at the point's length (rows are concatenated), so every batch is exactly
+batch x length tokens: the measured run and the plan see the same shapes.
+
+`--measure-runtime` reproduces the measurement behind estimate.CPU_RUNTIME_BYTES: the resident
+memory of a fresh process once the libraries a training run imports are loaded.
+
+Writes OUT/results.json (one record per point) and OUT/results.md (the table and the worst error).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+MODELS: dict[str, dict[str, Any]] = {
+    "smollm2": {
+        "recipe": "recipes/smollm2/{strategy}.yaml",
+        "source": ROOT / "data/instructions/train.jsonl",
+        "points": [(1, 256), (4, 128), (2, 512)],
+    },
+    "minilm": {
+        "recipe": "recipes/minilm/sst2-{strategy}.yaml",
+        "source": ROOT / "data/sst2/train.tsv",
+        "points": [(8, 64), (32, 128), (16, 256)],
+    },
+}
+STRATEGIES = ["full", "head", "last_n", "lora", "qlora"]
+
+_RUNTIME_PROBE = """
+import torch, transformers, peft, accelerate, adapterkit.api, adapterkit.trainer
+from adapterkit import testing
+from adapterkit.strategy import ModelParts
+import adapterkit_strategies as S
+S.Lora().apply(testing.tiny_llama(), S.Lora.Options(), ModelParts(('lm_head',), False))
+x = torch.randn(64, 64, requires_grad=True); (x @ x).sum().backward()
+print(next(int(l.split()[1]) * 1024 for l in open('/proc/self/status') if l.startswith('VmRSS')))
+"""
+
+
+def measure_runtime() -> int:
+    """VmRSS of a fresh process after the training imports, a tiny LoRA model and one backward."""
+    out = subprocess.run(
+        [sys.executable, "-c", _RUNTIME_PROBE], capture_output=True, text=True, check=True
+    )
+    return int(out.stdout.strip().splitlines()[-1])
+
+
+def long_rows(model: str, rows_needed: int, dest: Path) -> Path:
+    """A training file whose every row is longer than any point's length (rows concatenated)."""
+    src = MODELS[model]["source"]
+    if model == "smollm2":
+        rows = [json.loads(line) for line in src.read_text().splitlines() if line.strip()]
+        out = []
+        for i in range(rows_needed):
+            parts = [rows[(i * 7 + k) % len(rows)]["output"] for k in range(12)]
+            out.append(
+                {"instruction": rows[i % len(rows)]["instruction"], "output": " ".join(parts)}
+            )
+        dest.write_text("".join(json.dumps(r) + "\n" for r in out))
+        return dest
+    lines = src.read_text().splitlines()[1:]
+    data = [line.split("\t") for line in lines if "\t" in line]
+    out_lines = ["sentence\tlabel"]
+    for i in range(rows_needed):
+        words = " ".join(data[(i * 13 + k) % len(data)][0].strip() for k in range(40))
+        out_lines.append(f"{words}\t{data[i % len(data)][1].strip()}")
+    dest.write_text("\n".join(out_lines) + "\n")
+    return dest
+
+
+def run_point(
+    model: str, strategy: str, batch: int, length: int, max_steps: int, work: Path
+) -> dict[str, Any]:
+    from adapterkit.estimate import from_recipe
+    from adapterkit.recipe import resolve
+
+    recipe = MODELS[model]["recipe"].format(strategy=strategy)
+    data = long_rows(model, batch * max_steps, work / f"{model}-{batch}x{max_steps}.data")
+    if model == "minilm":
+        data = data.rename(data.with_suffix(".tsv"))
+    else:
+        data = data.rename(data.with_suffix(".jsonl"))
+    overrides = [
+        f"train.max_steps={max_steps}",
+        f"train.batch_size={batch}",
+        f"task.options.max_length={length}",
+        f"data.train={data}",
+        "data.eval=null",
+        "train.eval_every=null",
+        "train.gradient_checkpointing=false",
+    ]
+    if model == "minilm":
+        overrides += ["data.holdout=null", "data.test=null"]
+    out = work / f"{model}-{strategy}-{batch}x{length}"
+    subprocess.run(
+        [sys.executable, "-m", "adapterkit", "train", recipe, *overrides,
+         "--out", str(out), "--overwrite", "--no-progress"],
+        cwd=ROOT, check=True,
+    )  # fmt: skip
+    metrics = json.loads((out / "metrics.json").read_text())
+    device = "cuda" if str(metrics["device"]).startswith("cuda") else "cpu"
+    (p,) = from_recipe(resolve(ROOT / recipe, overrides), None, device)
+    measured = int(metrics["peak_memory_bytes"])
+    return {
+        "model": model,
+        "strategy": strategy,
+        "batch_size": batch,
+        "seq_len": length,
+        "device": device,
+        "measured_bytes": measured,
+        "measured_kind": metrics["peak_memory_kind"],
+        "measured_after_training": {
+            k: metrics.get(k)
+            for k in ("rss_anon_bytes", "rss_file_bytes", "load_peak_memory_bytes")
+        },
+        "planned_bytes": p.total,
+        "error": (p.total - measured) / measured,
+        "trainable_params": {"plan": p.trainable_params, "run": metrics["trainable_params"]},
+        "components": {k: v for k, v in p.components.items() if not k.endswith("detail")},
+    }
+
+
+def table(records: list[dict[str, Any]]) -> str:
+    lines = [
+        "| model | strategy | batch x length | device | planned | measured | error |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in records:
+        lines.append(
+            f"| {r['model']} | {r['strategy']} | {r['batch_size']} x {r['seq_len']} "
+            f"| {r['device']} | {r['planned_bytes'] / 2**20:,.1f} MiB "
+            f"| {r['measured_bytes'] / 2**20:,.1f} MiB | {r['error']:+.1%} |"
+        )
+    if records:
+        worst = max(records, key=lambda r: abs(r["error"]))
+        lines.append(
+            f"\nWorst error: {worst['error']:+.1%} ({worst['model']} {worst['strategy']} "
+            f"{worst['batch_size']} x {worst['seq_len']}), over {len(records)} points."
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--strategies", nargs="+", default=STRATEGIES)
+    parser.add_argument("--points", nargs="+", help="BATCHxLENGTH, e.g. 8x64 (default: 3 each)")
+    parser.add_argument("--max-steps", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/plan")
+    parser.add_argument("--measure-runtime", action="store_true")
+    args = parser.parse_args()
+    if args.measure_runtime:
+        print(f"runtime RSS: {measure_runtime()} bytes")
+        return 0
+    records = []
+    with tempfile.TemporaryDirectory(prefix="plan-vs-measured-") as tmp:
+        for model in args.models:
+            points = MODELS[model]["points"]
+            if args.points:
+                points = [tuple(int(x) for x in p.split("x")) for p in args.points]
+            for strategy in args.strategies:
+                for batch, length in points:
+                    rec = run_point(model, strategy, batch, length, args.max_steps, Path(tmp))
+                    print(json.dumps({k: rec[k] for k in ("model", "strategy", "error")}))
+                    records.append(rec)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(records, indent=2) + "\n")
+    (args.out / "results.md").write_text(table(records))
+    print(table(records))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

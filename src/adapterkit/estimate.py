@@ -1,0 +1,401 @@
+"""Memory plan from the model config alone: the model is built on the meta device, no weight is read.
+
+For each strategy, in bytes:
+
+    weights            every parameter at the dtype it is stored in (NF4 + its statistics for QLoRA)
+    gradients          one float32 gradient per trainable parameter
+    optimizer          AdamW: two float32 moments per trainable parameter + a float32 `step` per
+                       trainable tensor (torch keeps it as a 0-dim tensor)
+    activations        saved tensors for backward (estimate_activations.py), with and without
+                       gradient checkpointing
+    logits_and_loss    the float32 logits and the cross entropy's copies of them
+    runtime_overhead   CPU only: the resident process before any model (see CPU_RUNTIME_BYTES)
+
+The peak of a step is taken where it happens (the trainer frees gradients with set_to_none after
+every step, and AdamW creates its state at the first step, so from step 2 on it is always there):
+
+    total = runtime + weights + optimizer
+            + max(activations + logits_and_loss,        # end of forward / start of backward
+                  gradients + optimizer_step_scratch)    # end of backward / the AdamW update
+
+Gradients of a block appear in backward as that block's saved tensors are freed, so the two
+terms trade places rather than add up. No factor is fitted to measurements.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+from typing import TYPE_CHECKING, Any, Literal
+
+from adapterkit.estimate_activations import (
+    FP32,
+    Activations,
+    Block,
+    Linear,
+    Trainable,
+    activations,
+    arch_from_config,
+)
+from adapterkit.estimate_weights import (
+    build_meta_model,
+    load_config,
+    model_parts,
+    strategy_model,
+    trainable_tensors,
+    weight_bytes,
+)
+
+if TYPE_CHECKING:
+    from torch import nn
+
+Device = Literal["cpu", "cuda"]
+
+CPU_RUNTIME_BYTES = 458_232 * 1024
+"""Resident memory of a training process before its model: Python with torch, transformers, peft,
+accelerate, bitsandbytes and adapterkit imported, a tiny LoRA model built and one backward run
+(so autograd's and the BLAS thread pools' own memory is in). Measured once as VmRSS of a fresh
+process (`benchmarks/plan_vs_measured.py --measure-runtime`): 458,232 KiB on the 2-core
+development machine, torch 2.13 CPU, transformers 5.23, peft 0.21, bitsandbytes 0.50. CUDA's
+`max_memory_allocated` does not include it, so it is 0 there."""
+
+STEP_TENSORS = 1
+"""AdamW keeps one 0-dim float32 `step` tensor per trainable parameter tensor (torch >= 2.0)."""
+
+
+@dataclasses.dataclass
+class StrategyPlan:
+    """One strategy's memory plan; every figure in bytes."""
+
+    strategy: str
+    batch_size: int
+    seq_len: int
+    device: Device
+    trainable_params: int
+    total_params: int
+    components: dict[str, Any]
+    gradient_checkpointing: bool | None = None
+    _recompute: Any = dataclasses.field(default=None, repr=False, compare=False)
+
+    def peak(self, checkpointed: bool | None = None) -> int:
+        """The peak in bytes, with or without gradient checkpointing (default: as planned)."""
+        ckpt = self.gradient_checkpointing if checkpointed is None else checkpointed
+        return int(self.components["total_checkpointed" if ckpt else "total"])
+
+    @property
+    def total(self) -> int:
+        """The peak for the planned checkpointing setting (off when not set)."""
+        return self.peak()
+
+    def fits(self, budget_bytes: int, checkpointed: bool | None = None) -> bool:
+        return self.peak(checkpointed) <= budget_bytes
+
+    def max_batch_size(
+        self, budget_bytes: int, checkpointed: bool | None = None, limit: int = 1 << 16
+    ) -> int:
+        """The largest batch size (at this sequence length) whose peak fits the budget, 0 when
+        none does: doubling, then bisection, over the same formulas."""
+        if self._recompute is None:
+            raise ValueError("this plan was not made by plan(); it cannot be recomputed")
+        return _max_batch(lambda b: self._recompute(b).fits(budget_bytes, checkpointed), limit)
+
+    def as_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d.pop("_recompute")
+        d["total"] = self.total
+        return d
+
+
+def _max_batch(ok: Any, limit: int) -> int:
+    if not ok(1):
+        return 0
+    lo = 1
+    while lo * 2 <= limit and ok(lo * 2):
+        lo *= 2
+    hi = min(lo * 2, limit + 1)  # ok(lo) and not ok(hi) (or hi beyond the limit)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if ok(mid) else (lo, mid)
+    return lo
+
+
+# ---- which parameters train, as activation memory sees it ----------------------------------------
+
+_LLAMA_ROLES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+_BERT_ROLES = (
+    "attention.self.query",
+    "attention.self.key",
+    "attention.self.value",
+    "attention.output.dense",
+    "intermediate.dense",
+    "output.dense",
+)
+
+
+def _role(family: str, local: str) -> str | None:
+    """The role of a block-relative module name (`self_attn.q_proj`, `attention.self.query`)."""
+    if family == "llama":
+        last = local.rsplit(".", 1)[-1]
+        return last if last in _LLAMA_ROLES else None
+    for role in _BERT_ROLES:
+        if local == role:
+            return role.removeprefix("attention.self.")
+    return None
+
+
+def _linear_state(module: nn.Module) -> Linear:
+    base = getattr(module, "base_layer", module)
+    trains = bool(getattr(base, "weight", None) is not None and base.weight.requires_grad)
+    lora_a = getattr(module, "lora_A", None)
+    if lora_a is not None and "default" in lora_a:
+        r = int(module.r["default"])
+        drop = module.lora_dropout["default"]
+        return Linear(trains=trains, lora_r=r, lora_dropout=float(getattr(drop, "p", 0.0)))
+    return Linear(trains=trains)
+
+
+def trainable_layout(model: nn.Module, family: str, head: tuple[str, ...]) -> Trainable:
+    """Read the trainable set off a (meta) model after the strategy was applied."""
+    from adapterkit.strategy import final_norm, find_blocks
+
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    blocks_name, blocks = find_blocks(inner)
+    out = []
+    for blk in blocks:
+        linears: dict[str, Linear] = {}
+        for local, mod in blk.named_modules():
+            role = _role(family, local)
+            if role is not None and hasattr(getattr(mod, "base_layer", mod), "weight"):
+                linears[role] = _linear_state(mod)
+        norms = any(
+            p.requires_grad
+            for n, m in blk.named_modules()
+            if "norm" in type(m).__name__.lower()
+            for p in m.parameters(recurse=False)
+        )
+        out.append(Block(linears=linears, norms_train=norms))
+    emb = inner.get_input_embeddings()
+    norm = final_norm(inner, blocks_name)
+    head_trains = any(
+        p.requires_grad for name in head for p in inner.get_submodule(name).parameters()
+    )
+    if not head_trains:  # peft keeps a trained copy of a new head under modules_to_save
+        head_trains = any(
+            p.requires_grad and "modules_to_save" in n for n, p in model.named_parameters()
+        )
+    return Trainable(
+        embeddings=any(p.requires_grad for p in emb.parameters()),
+        blocks=tuple(out),
+        final_norm=bool(norm is not None and any(p.requires_grad for p in norm.parameters())),
+        head=head_trains,
+        pooled_head=any(name.endswith("pooler") for name in head),
+    )
+
+
+# ---- the plan ------------------------------------------------------------------------------------
+
+
+def logits_and_loss_bytes(task_name: str, vocab: int, num_labels: int, b: int, length: int) -> int:
+    """The float32 logits and the copies the summed cross entropy makes, at their largest.
+
+    Causal LM (batch x length x vocabulary x 4 bytes each): the head's logits [B, L, V]; the
+    shifted `logits[:, :-1]` made contiguous for the flattening reshape [B, L-1, V]; and
+    log_softmax's output [B, L-1, V], which autograd keeps for backward. All three are alive when
+    log_softmax returns; in backward, the kept output, nll's gradient and log_softmax's gradient
+    (three [B, L-1, V]) are alive together, slightly less. Classification: the same three copies
+    of [B, labels] (token classification: [B, L, labels]), negligible.
+    """
+    if task_name == "causal_lm":
+        return (b * length + 2 * b * (length - 1)) * vocab * FP32
+    rows = b * length if task_name == "token_classification" else b
+    return 3 * rows * num_labels * FP32
+
+
+def optimizer_bytes(tensors: list[tuple[str, int]]) -> int:
+    """AdamW state: exp_avg and exp_avg_sq (float32, one each per trainable parameter) and the
+    0-dim float32 `step` of every trainable tensor."""
+    return sum(2 * n * FP32 + STEP_TENSORS * FP32 for _, n in tensors)
+
+
+def step_scratch_bytes(tensors: list[tuple[str, int]], device: Device) -> int:
+    """Temporaries of the AdamW update. On CPU torch runs the per-tensor loop: `exp_avg_sq.sqrt() /
+    bias_correction2_sqrt` makes two tensors the size of the parameter being updated (the largest
+    one counts). On CUDA the foreach version makes one sqrt copy of every moment at once."""
+    if not tensors:
+        return 0
+    if device == "cpu":
+        return 2 * max(n for _, n in tensors) * FP32
+    return sum(n for _, n in tensors) * FP32
+
+
+def plan(
+    config_or_source: Any,
+    task_name: str,
+    strategies: list[str],
+    strategy_options: dict[str, Any] | None,
+    batch_size: int,
+    seq_len: int,
+    device: Device,
+    gradient_checkpointing: bool | None = None,
+    num_labels: int = 2,
+) -> list[StrategyPlan]:
+    """A memory plan per strategy for `batch_size` rows of `seq_len` tokens on `device`.
+
+    `config_or_source`: a transformers config, a config.json path, a model directory, or an
+    embedded short name. `strategy_options`: {strategy name: options dict or Options instance}.
+    """
+    from adapterkit.plugins import load_registry
+
+    config = load_config(config_or_source)
+    registry = load_registry()
+    arch = arch_from_config(config)
+    base = build_meta_model(config, task_name, num_labels)
+    parts = model_parts(base, task_name)
+    plans = []
+    for name in strategies:
+        cls = registry.strategy(name)
+        raw = (strategy_options or {}).get(name)
+        options = raw if isinstance(raw, cls.Options) else cls.Options(**(raw or {}))
+        model = strategy_model(build_meta_model(config, task_name, num_labels), cls, options, parts)
+        tensors = trainable_tensors(model)
+        weights = weight_bytes(model, quantized=name == "qlora", head=parts.head)
+        layout = trainable_layout(model, arch.family, parts.head)
+        static = _static(weights, tensors, device)
+
+        recompute = functools.partial(
+            _make, name, arch, layout, static, task_name, num_labels,
+            length=seq_len, device=device, checkpointing=gradient_checkpointing,
+        )  # fmt: skip
+        p = recompute(batch_size)
+        p._recompute = recompute
+        plans.append(p)
+    return plans
+
+
+def _static(weights: dict[str, Any], tensors: list[tuple[str, int]], device: Device) -> dict:
+    trainable = sum(n for _, n in tensors)
+    return {
+        "weights": weights["total"],
+        "weights_detail": weights["detail"],
+        "logical_params": weights["logical_params"],
+        "trainable": trainable,
+        "gradients": trainable * FP32,
+        "optimizer": optimizer_bytes(tensors),
+        "optimizer_step_scratch": step_scratch_bytes(tensors, device),
+        "runtime_overhead": CPU_RUNTIME_BYTES if device == "cpu" else 0,
+    }
+
+
+def _make(
+    name: str,
+    arch: Any,
+    layout: Trainable,
+    st: dict,
+    task_name: str,
+    num_labels: int,
+    b: int,
+    length: int,
+    device: Device,
+    checkpointing: bool | None,
+) -> StrategyPlan:
+    acts: Activations = activations(arch, layout, b, length, device)
+    logits = logits_and_loss_bytes(task_name, arch.vocab, num_labels, b, length)
+    fixed = st["runtime_overhead"] + st["weights"] + st["optimizer"]
+    after = st["gradients"] + st["optimizer_step_scratch"]
+    comp = {
+        "weights": st["weights"],
+        "weights_detail": st["weights_detail"],
+        "gradients": st["gradients"],
+        "optimizer": st["optimizer"],
+        "optimizer_step_scratch": st["optimizer_step_scratch"],
+        "activations": acts.saved,
+        "activations_checkpointed": acts.saved_checkpointed,
+        "activations_detail": acts.detail,
+        "logits_and_loss": logits,
+        "runtime_overhead": st["runtime_overhead"],
+        "total": fixed + max(acts.saved + logits, after),
+        "total_checkpointed": fixed + max(acts.saved_checkpointed + logits, after),
+    }
+    return StrategyPlan(
+        name, b, length, device, st["trainable"], st["logical_params"], comp, checkpointing
+    )
+
+
+def from_recipe(recipe: Any, strategies: list[str] | None, device: Device) -> list[StrategyPlan]:
+    """Plan a resolved recipe: its model, task, batch size, max_length and checkpointing.
+
+    `strategies` defaults to the recipe's own; the recipe's strategy options apply to it.
+    """
+    from adapterkit import options as opts
+
+    names = strategies or [recipe.strategy.name]
+    t_opts = recipe.task.options
+    labels = getattr(t_opts, "labels", None)
+    s_opts = {recipe.strategy.name: opts.as_dict(recipe.strategy.options)}
+    return plan(
+        recipe.model.name,
+        recipe.task.name,
+        names,
+        s_opts,
+        recipe.train.batch_size,
+        int(getattr(t_opts, "max_length", 512)),
+        device,
+        recipe.train.gradient_checkpointing,
+        num_labels=len(labels) if labels else 2,
+    )
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+def format_table(plans: list[StrategyPlan], budget: int | None = None) -> str:
+    """A Markdown table: one row per strategy; with a budget, whether it fits and the max batch."""
+    cols = [
+        "strategy",
+        "trainable",
+        "weights",
+        "grads",
+        "optimizer",
+        "activations",
+        "act. (ckpt)",
+        "logits+loss",
+        "runtime",
+        "total",
+        "total (ckpt)",
+    ]
+    if budget is not None:
+        cols += [f"fits {_human(budget)}", "max batch"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for p in plans:
+        c = p.components
+        row = [p.strategy, f"{p.trainable_params:,}"] + [
+            _human(c[k])
+            for k in (
+                "weights",
+                "gradients",
+                "optimizer",
+                "activations",
+                "activations_checkpointed",
+                "logits_and_loss",
+                "runtime_overhead",
+                "total",
+                "total_checkpointed",
+            )
+        ]
+        if budget is not None:
+            row += ["yes" if p.fits(budget) else "no", str(p.max_batch_size(budget))]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def to_json(plans: list[StrategyPlan]) -> str:
+    return json.dumps([p.as_dict() for p in plans], indent=2)
+
+
+__all__ = ["StrategyPlan", "format_table", "from_recipe", "plan", "to_json"]

@@ -1,0 +1,378 @@
+"""Activation memory of one training step, derived from the architecture (no weights, no data).
+
+"Activations" are the tensors autograd keeps from the forward pass for the backward pass (its
+*saved tensors*), each storage counted once. Which tensors an op saves follows from its derivative
+formula and from which of its inputs require grad; the lists below were written from PyTorch's
+derivative definitions and checked against the saved tensors of real tiny models
+(tests/test_estimate.py walks the autograd graph and compares).
+
+Everything is fp32 (the trainer's default `precision: fp32`): 4 bytes an element; token ids are
+int64 (8 bytes). bf16 autocast is not modelled.
+
+Two block families are written out: a Llama-style decoder (RMSNorm, rotary positions, grouped-query
+attention, gated SiLU MLP: Llama, Mistral, Qwen2, SmolLM) and a BERT-style encoder (post-LayerNorm,
+GELU MLP, dropout). Other architectures raise ValueError: the plan is not guessed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+FP32 = 4  # bytes of a float32 element: activations, gradients and AdamW moments are float32
+INT64 = 8  # bytes of an int64 element: token ids and targets
+BOOL = 1  # bytes of a bool element: CUDA dropout masks and SDPA padding masks
+SCALAR_F64 = 8  # a 0-dim float64 tensor autograd saves for a Python-float multiply (LoRA scaling)
+CUDA_LSE_ALIGN = 32  # CUDA memory-efficient attention pads its saved log-sum-exp to 32 positions
+
+Device = Literal["cpu", "cuda"]
+
+LLAMA_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "smollm3", "olmo2", "granite"})
+BERT_TYPES = frozenset({"bert", "roberta", "xlm-roberta", "electra", "camembert"})
+
+
+@dataclass(frozen=True)
+class Arch:
+    """The sizes that decide activation memory, read from a transformers config."""
+
+    family: Literal["llama", "bert"]
+    hidden: int
+    intermediate: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    layers: int
+    hidden_dropout: float = 0.0
+    attention_dropout: float = 0.0
+    max_positions: int = 0
+
+
+def arch_from_config(config: object) -> Arch:
+    """Read the sizes from a config; ValueError for a family whose blocks are not written out."""
+    model_type = getattr(config, "model_type", "")
+    hidden = int(config.hidden_size)  # type: ignore[attr-defined]
+    heads = int(config.num_attention_heads)  # type: ignore[attr-defined]
+    head_dim = int(getattr(config, "head_dim", None) or hidden // heads)
+    common = {
+        "hidden": hidden,
+        "intermediate": int(config.intermediate_size),  # type: ignore[attr-defined]
+        "heads": heads,
+        "head_dim": head_dim,
+        "vocab": int(config.vocab_size),  # type: ignore[attr-defined]
+        "layers": int(config.num_hidden_layers),  # type: ignore[attr-defined]
+        "max_positions": int(getattr(config, "max_position_embeddings", 0) or 0),
+    }
+    if model_type in LLAMA_TYPES:
+        kv = int(getattr(config, "num_key_value_heads", None) or heads)
+        drop = float(getattr(config, "attention_dropout", 0.0) or 0.0)
+        return Arch("llama", kv_heads=kv, attention_dropout=drop, **common)
+    if model_type in BERT_TYPES:
+        return Arch(
+            "bert",
+            kv_heads=heads,
+            hidden_dropout=float(config.hidden_dropout_prob),  # type: ignore[attr-defined]
+            attention_dropout=float(config.attention_probs_dropout_prob),  # type: ignore[attr-defined]
+            **common,
+        )
+    raise ValueError(
+        f"no activation model for model_type {model_type!r}; written out for "
+        f"{', '.join(sorted(LLAMA_TYPES | BERT_TYPES))}"
+    )
+
+
+@dataclass(frozen=True)
+class Linear:
+    """One linear layer of a block as the strategy left it."""
+
+    trains: bool = False  # its base weight trains
+    lora_r: int = 0  # LoRA rank on it (0: not adapted)
+    lora_dropout: float = 0.0
+
+
+@dataclass(frozen=True)
+class Block:
+    """What trains in one block: its linears by role, and whether its norms' weights train."""
+
+    linears: dict[str, Linear] = field(default_factory=dict)
+    norms_train: bool = False
+
+    def get(self, role: str) -> Linear:
+        return self.linears.get(role, Linear())
+
+    def any_trains(self) -> bool:
+        return self.norms_train or any(x.trains or x.lora_r for x in self.linears.values())
+
+
+@dataclass(frozen=True)
+class Trainable:
+    """The strategy's trainable set, as activation memory sees it."""
+
+    embeddings: bool  # the input embeddings train (full; `head` with tied embeddings)
+    blocks: tuple[Block, ...]
+    final_norm: bool  # Llama's norm after the last block trains
+    head: bool  # the task head trains
+    pooled_head: bool = True  # BERT: the head reads the pooled [CLS] row (else every token)
+
+
+@dataclass
+class Saved:
+    """Bytes autograd keeps, by named item (the reason is the name)."""
+
+    items: dict[str, int] = field(default_factory=dict)
+
+    def add(self, name: str, nbytes: int) -> None:
+        self.items[name] = self.items.get(name, 0) + int(nbytes)
+
+    @property
+    def total(self) -> int:
+        return sum(self.items.values())
+
+
+def _dropout(saved: Saved, name: str, elements: int, device: Device) -> None:
+    """Dropout in training keeps its mask: on CPU torch multiplies by a float32 noise tensor (which
+    autograd saves, 4 bytes an element); on CUDA the fused kernel saves a bool mask (1 byte)."""
+    saved.add(name, elements * (FP32 if device == "cpu" else BOOL))
+
+
+def _linear_group(
+    saved: Saved,
+    prefix: str,
+    tokens: int,
+    d_in: int,
+    lins: list[Linear],
+    device: Device,
+    input_grad: bool,
+    input_kept: bool = False,
+) -> None:
+    """Linears reading one input (q/k/v; gate/up): what each keeps for its own backward.
+
+    A trained base weight needs its input for the weight gradient (one storage shared by the
+    group; nothing more when `input_kept`, i.e. another op already keeps that storage). A LoRA
+    branch keeps the input of lora_A (the dropout output when dropout > 0, a new tensor per
+    target; else the shared input itself), the input of lora_B (r values a token), and a 0-dim
+    float64 for the `* scaling` multiply. Dropout keeps its mask only when its input requires
+    grad (in the first adapted block of a frozen-embedding model it does not).
+    """
+    shared = any(x.trains or (x.lora_r and x.lora_dropout == 0) for x in lins)
+    if shared and not input_kept:
+        saved.add(f"{prefix} input (weight grads)", tokens * d_in * FP32)
+    for x in lins:
+        if not x.lora_r:
+            continue
+        if x.lora_dropout > 0:
+            if input_grad:
+                _dropout(saved, f"{prefix} lora dropout mask", tokens * d_in, device)
+            saved.add(f"{prefix} lora_A input (after dropout)", tokens * d_in * FP32)
+        saved.add(f"{prefix} lora_B input", tokens * x.lora_r * FP32)
+        saved.add(f"{prefix} lora scaling", SCALAR_F64)
+
+
+def _llama_block(
+    saved: Saved, a: Arch, blk: Block, grad_in: bool, b: int, length: int, device: Device
+) -> bool:
+    """One Llama decoder block; returns whether its output requires grad.
+
+    RMSNorm (x * rsqrt(mean(x^2) + eps) * w): when x requires grad, `pow` keeps x and `rsqrt` its
+    output (1 value a token); a trained w keeps the normalised x. q/k/v read the norm's output;
+    rotary embedding multiplies by cos and sin (kept once for the model, see `_llama_model`).
+    SDPA keeps q, k, v, its output and a float32 log-sum-exp per query and head; a padded batch
+    (several rows) passes a mask, and transformers then repeats k/v to every head (no native GQA
+    with a mask), so k and v are kept at `heads` heads. o_proj reads a contiguous copy of the
+    attention output. The MLP keeps gate (SiLU backward), SiLU(gate) and up (the product's
+    backward); down_proj reads their product.
+    """
+    t = b * length
+    h, inter = a.hidden, a.intermediate
+    q_dim = a.heads * a.head_dim
+    n1_out = grad_in or blk.norms_train
+    if grad_in:
+        saved.add("norm input", t * h * FP32)
+        saved.add("norm rsqrt", t * FP32)
+    if blk.norms_train:
+        saved.add("norm normalised (weight grad)", t * h * FP32)
+    qkv = [blk.get("q_proj"), blk.get("k_proj"), blk.get("v_proj")]
+    _linear_group(saved, "q/k/v", t, h, qkv, device, n1_out)
+    attn_in = n1_out or any(x.trains or x.lora_r for x in qkv)
+    if attn_in:
+        kv_kept = a.heads if b > 1 else a.kv_heads
+        saved.add("sdpa query", t * q_dim * FP32)
+        saved.add("sdpa key+value", 2 * b * kv_kept * length * a.head_dim * FP32)
+        saved.add("sdpa output", t * q_dim * FP32)
+        lse_len = length if device == "cpu" else math.ceil(length / CUDA_LSE_ALIGN) * CUDA_LSE_ALIGN
+        saved.add("sdpa log-sum-exp", b * a.heads * lse_len * FP32)
+        if b > 1:
+            saved.add("sdpa padding mask (float32 copy per layer)", b * length**2 * FP32)
+    o = blk.get("o_proj")
+    # SDPA returns its output as a transposed view of a [B, L, heads, head_dim] buffer, so the
+    # o_proj input (`transpose(1, 2).reshape`) is that same storage, already kept by SDPA.
+    _linear_group(saved, "o_proj", t, q_dim, [o], device, attn_in, input_kept=attn_in)
+    mid = attn_in or o.trains or bool(o.lora_r)
+    if mid:  # post-attention RMSNorm: its input is the residual stream
+        saved.add("norm input", t * h * FP32)
+        saved.add("norm rsqrt", t * FP32)
+    if blk.norms_train:
+        saved.add("norm normalised (weight grad)", t * h * FP32)
+    gate_up = [blk.get("gate_proj"), blk.get("up_proj")]
+    _linear_group(saved, "gate/up", t, h, gate_up, device, mid or blk.norms_train)
+    act_in = mid or blk.norms_train or any(x.trains or x.lora_r for x in gate_up)
+    if act_in:
+        saved.add("mlp gate, silu(gate), up", 3 * t * inter * FP32)
+    down = blk.get("down_proj")
+    _linear_group(saved, "down_proj", t, inter, [down], device, act_in)
+    return act_in or down.trains or bool(down.lora_r) or grad_in
+
+
+def _bert_block(
+    saved: Saved, a: Arch, blk: Block, grad_in: bool, b: int, length: int, device: Device
+) -> bool:
+    """One BERT encoder block (post-LayerNorm); returns whether its output requires grad.
+
+    Attention: in training with attention dropout > 0, CPU SDPA takes the math path (the fused CPU
+    kernel has no dropout): it keeps the scaled query, the scaled key, a contiguous value, the
+    softmax output, the dropout mask and the dropped probabilities (three B x heads x L x L
+    tensors). On CUDA the memory-efficient kernel (fp32) keeps q, k, v, output and the log-sum-exp
+    (it regenerates dropout from its RNG state). Each hidden dropout keeps its mask; each
+    LayerNorm keeps its input and two per-token statistics (mean, rstd); GELU keeps its input.
+    """
+    t = b * length
+    h, inter = a.hidden, a.intermediate
+    qkv = [blk.get("query"), blk.get("key"), blk.get("value")]
+    _linear_group(saved, "q/k/v", t, h, qkv, device, grad_in)
+    live = grad_in or any(x.trains or x.lora_r for x in qkv)
+    if live:
+        if device == "cpu" and a.attention_dropout > 0:
+            saved.add("attention q, k, v (scaled copies)", 3 * t * h * FP32)
+            saved.add("attention softmax + dropped probs", 2 * b * a.heads * length**2 * FP32)
+            _dropout(saved, "attention dropout mask", b * a.heads * length**2, device)
+        else:
+            saved.add("sdpa q, k, v, output", 4 * t * h * FP32)
+            lse_len = (
+                length if device == "cpu" else math.ceil(length / CUDA_LSE_ALIGN) * CUDA_LSE_ALIGN
+            )
+            saved.add("sdpa log-sum-exp", b * a.heads * lse_len * FP32)
+    out = blk.get("attention.output.dense")
+    _linear_group(saved, "attention output dense", t, h, [out], device, live)
+    live = live or out.trains or bool(out.lora_r)
+    if live:
+        _dropout(saved, "hidden dropout mask", t * h, device)
+    live = live or blk.norms_train
+    if live:
+        saved.add("layernorm input + mean, rstd", t * (h + 2) * FP32)
+    inter_lin = blk.get("intermediate.dense")
+    _linear_group(saved, "intermediate dense", t, h, [inter_lin], device, live)
+    live = live or inter_lin.trains or bool(inter_lin.lora_r)
+    if live:
+        saved.add("gelu input", t * inter * FP32)
+    down = blk.get("output.dense")
+    _linear_group(saved, "output dense", t, inter, [down], device, live)
+    live = live or down.trains or bool(down.lora_r)
+    if live:
+        _dropout(saved, "hidden dropout mask", t * h, device)
+        saved.add("layernorm input + mean, rstd", t * (h + 2) * FP32)
+    return live
+
+
+def block_saved(a: Arch, blk: Block, grad_in: bool, b: int, length: int, device: Device) -> Saved:
+    """The saved tensors of one block and whether its output requires grad (as `.items`)."""
+    saved = Saved()
+    fn = _llama_block if a.family == "llama" else _bert_block
+    fn(saved, a, blk, grad_in, b, length, device)
+    return saved
+
+
+def _block_output_grad(
+    a: Arch, blk: Block, grad_in: bool, b: int, length: int, device: Device
+) -> bool:
+    fn = _llama_block if a.family == "llama" else _bert_block
+    return fn(Saved(), a, blk, grad_in, b, length, device)
+
+
+@dataclass(frozen=True)
+class Activations:
+    """Saved-tensor bytes without and with gradient checkpointing (per-block checkpoints)."""
+
+    saved: int
+    saved_checkpointed: int
+    detail: dict[str, int]
+
+
+def activations(a: Arch, tr: Trainable, b: int, length: int, device: Device) -> Activations:
+    """Saved tensors of the whole model for a batch of `b` rows of `length` tokens.
+
+    Below the blocks: a trained embedding keeps the token ids (int64); BERT's embedding LayerNorm
+    keeps its input and statistics and its dropout a mask. Llama's rotary cos and sin (L x
+    head_dim each) are computed once and kept once. Above them: the final norm (Llama) and the
+    head's input (for a causal LM, the final norm's output; for BERT's pooler, the last hidden
+    state, kept whole because the [CLS] row is a view of it).
+
+    With gradient checkpointing every block that is in the graph keeps only its input hidden
+    state; in backward one block at a time is recomputed, so the largest block's saved tensors
+    come on top.
+    """
+    t = b * length
+    h = a.hidden
+    outside = Saved()
+    grad = tr.embeddings
+    if tr.embeddings:
+        outside.add("embedding token ids", t * INT64)
+        if a.family == "bert":  # token types come from the batch; positions from a buffer
+            outside.add("embedding token type ids", t * INT64)
+            outside.add("embedding position ids (the whole buffer)", a.max_positions * INT64)
+    if a.family == "bert" and tr.embeddings:
+        outside.add("embedding layernorm input + mean, rstd", t * (h + 2) * FP32)
+        if a.hidden_dropout > 0:
+            _dropout(outside, "embedding dropout mask", t * h, device)
+    blocks_full = Saved()
+    in_graph: list[int] = []
+    largest = 0
+    for blk in tr.blocks:
+        s = block_saved(a, blk, grad, b, length, device)
+        if grad or blk.any_trains():
+            in_graph.append(1)
+        largest = max(largest, s.total)
+        for k, v in s.items.items():
+            blocks_full.add(k, v)
+        grad = _block_output_grad(a, blk, grad, b, length, device)
+    if a.family == "llama" and any(
+        "sdpa query" in block_saved(a, blk, g, b, length, device).items
+        for blk, g in _grad_inputs(a, tr, b, length, device)
+    ):
+        outside.add("rotary cos, sin", 2 * length * a.head_dim * FP32)
+    if a.family == "llama":
+        if grad:
+            outside.add("final norm input + rsqrt", t * (h + 1) * FP32)
+        if tr.final_norm:
+            outside.add("final norm normalised (weight grad)", t * h * FP32)
+        if tr.head:
+            outside.add("head input", t * h * FP32)
+    elif tr.head and not tr.pooled_head:  # token classification: dropout, then the classifier
+        if a.hidden_dropout > 0 and grad:  # the mask only matters when grads flow further down
+            _dropout(outside, "classifier dropout mask", t * h, device)
+        outside.add("classifier input", t * h * FP32)
+    else:
+        if tr.head:
+            outside.add("pooler input (last hidden state, whole)", t * h * FP32)
+            outside.add("pooler tanh output", b * h * FP32)
+            if a.hidden_dropout > 0:
+                _dropout(outside, "classifier dropout mask", b * h, device)
+            outside.add("classifier input", b * h * FP32)
+    checkpoints = len(in_graph) * t * h * FP32
+    detail = {**outside.items, **{f"blocks: {k}": v for k, v in blocks_full.items.items()}}
+    return Activations(
+        saved=outside.total + blocks_full.total,
+        saved_checkpointed=outside.total + checkpoints + largest,
+        detail=detail,
+    )
+
+
+def _grad_inputs(
+    a: Arch, tr: Trainable, b: int, length: int, device: Device
+) -> list[tuple[Block, bool]]:
+    out = []
+    grad = tr.embeddings
+    for blk in tr.blocks:
+        out.append((blk, grad))
+        grad = _block_output_grad(a, blk, grad, b, length, device)
+    return out

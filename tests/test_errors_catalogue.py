@@ -1,0 +1,310 @@
+"""Every row of docs/errors.md, through the real CLI: exit status 2, one message naming the file
+(with line) or key or directory, no traceback. The table and the cases must list the same ids."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file, save_file
+
+from adapterkit import api
+from adapterkit.cli import cli
+from adapterkit.recipe import resolve
+from adapterkit.testing import save_tiny_llama_dir
+
+ROOT = Path(__file__).resolve().parent.parent
+ROWS = [
+    {"instruction": "write one two three", "output": "one two three ."},
+    {"instruction": "name a colour", "input": "red or blue", "output": "blue ."},
+]
+RECIPE = (
+    "model: {name: MODEL}\n"
+    "task: {name: causal_lm, options: {max_length: 64}}\n"
+    "data: {train: train.jsonl}\n"
+    "strategy: {name: lora, options: {r: 2}}\n"
+    "train: {max_steps: 2, batch_size: 2, lr: 0.01, checkpoint_every: 1, threads: 1}\n"
+)
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("errors")
+    save_tiny_llama_dir(root / "tiny")
+    save_tiny_llama_dir(root / "untied", tied=False)
+    (root / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS * 2))
+    (root / "recipe.yaml").write_text(RECIPE.replace("MODEL", str(root / "tiny")))
+    api.train(resolve(root / "recipe.yaml"), root / "run", progress=False)
+    return root
+
+
+# ---- the cases: each returns (CLI arguments, substrings the message must hold) ---------------------
+
+Case = Callable[[Path, Path], tuple[list[str], list[str]]]
+
+
+def _train(ws: Path, tmp: Path, *overrides: str) -> list[str]:
+    return ["train", str(ws / "recipe.yaml"), *overrides, "--out", str(tmp / "out")]
+
+
+def _file(tmp: Path, name: str, text: str) -> Path:
+    path = tmp / name
+    path.write_text(text)
+    return path
+
+
+def _seq(ws: Path, tmp: Path, data: Path, *extra: str) -> list[str]:
+    return _train(
+        ws,
+        tmp,
+        "task.name=sequence_classification",
+        "task.options={}",
+        f"data.train={data}",
+        *extra,
+    )
+
+
+def _adapter(ws: Path, tmp: Path) -> Path:
+    """A fresh copy of the trained adapter to break."""
+    dst = tmp / "adapter"
+    shutil.copytree(ws / "run", dst)
+    return dst
+
+
+def _eval(adapter: Path, ws: Path) -> list[str]:
+    return ["eval", "--adapter", str(adapter), "--data", str(ws / "train.jsonl")]
+
+
+def _edit_manifest(adapter: Path, edit: Callable[[dict], None]) -> None:
+    path = adapter / "adapterkit.json"
+    manifest = json.loads(path.read_text())
+    edit(manifest)
+    path.write_text(json.dumps(manifest))
+
+
+def _edit_tensors(adapter: Path, edit: Callable[[dict], None]) -> str:
+    path = adapter / "adapter_model.safetensors"
+    tensors = load_file(path)
+    edit(tensors)
+    save_file(tensors, path)
+    return sorted(tensors)[0]
+
+
+def data_missing(ws, tmp):
+    return _train(ws, tmp, f"data.train={tmp / 'nope.jsonl'}"), ["data.train: file not found"]
+
+
+def data_empty(ws, tmp):
+    f = _file(tmp, "empty.jsonl", "")
+    return _train(ws, tmp, f"data.train={f}"), [str(f), "empty"]
+
+
+def jsonl_malformed(ws, tmp):
+    f = _file(tmp, "bad.jsonl", json.dumps(ROWS[0]) + "\n{not json\n")
+    return _train(ws, tmp, f"data.train={f}"), [f"{f}:2:", "invalid JSON", "column 2"]
+
+
+def csv_malformed(ws, tmp):
+    f = _file(tmp, "bad.csv", "sentence,label\ngood film,1\nbad,film,0\n")
+    return _seq(ws, tmp, f), [f"{f}:3:", "3 fields", "header on line 1 has 2"]
+
+
+def tsv_malformed(ws, tmp):
+    f = _file(tmp, "bad.tsv", "sentence\tlabel\ngood film\t1\nbad film 0\n")
+    return _seq(ws, tmp, f), [f"{f}:3:", "1 fields"]
+
+
+def conll_malformed(ws, tmp):
+    f = _file(tmp, "bad.conll", "a O\nb O X\n")
+    args = _train(ws, tmp, "task.name=token_classification", "task.options={}", f"data.train={f}")
+    return args, [f"{f}:2:", "3 columns, but line 1 has 2"]
+
+
+def column_missing(ws, tmp):
+    f = _file(tmp, "cols.csv", "text,label\ngood film,1\n")
+    return _seq(ws, tmp, f), [f"{f}:1:", "no column 'sentence'", "task.options.text_column"]
+
+
+def field_missing(ws, tmp):
+    f = _file(tmp, "nofield.jsonl", json.dumps({"instruction": "hi"}) + "\n")
+    return _train(ws, tmp, f"data.train={f}"), [f"{f}:1:", "output"]
+
+
+def label_unknown(ws, tmp):
+    f = _file(tmp, "labels.csv", "sentence,label\ngood,pos\nbad,neg\nhm,maybe\n")
+    args = _seq(ws, tmp, f, "task.options.labels=[neg,pos]")
+    return args, [f"{f}:4", "label 'maybe' is not one of task.options.labels"]
+
+
+def recipe_unknown_key(ws, tmp):
+    return _train(ws, tmp, "train.lrr=0.1"), ["train.lrr: unknown key", "did you mean 'lr'"]
+
+
+def recipe_wrong_type(ws, tmp):
+    return _train(ws, tmp, "train.batch_size=many"), ["train.batch_size", "valid integer"]
+
+
+def recipe_yaml(ws, tmp):
+    f = _file(tmp, "broken.yaml", "model: {name: x}\ntrain: {a: [}\n")
+    return ["train", str(f)], [f"{f}:2:", "invalid YAML"]
+
+
+def strategy_unknown(ws, tmp):
+    return _train(ws, tmp, "strategy.name=lorra"), ["unknown strategy 'lorra'", "'lora'"]
+
+
+def task_unknown(ws, tmp):
+    return _train(ws, tmp, "task.name=causal"), ["task.name: unknown task 'causal'"]
+
+
+def option_range(ws, tmp):
+    return _train(ws, tmp, "strategy.options.r=0"), ["strategy.options.r", "greater than or equal"]
+
+
+def model_not_a_model(ws, tmp):
+    (tmp / "empty-model").mkdir()
+    args = _train(ws, tmp, f"model.name={tmp / 'empty-model'}")
+    return args, [str(tmp / "empty-model"), "no config.json"]
+
+
+def adapter_incomplete(ws, tmp):
+    a = _adapter(ws, tmp)
+    (a / "adapter_model.safetensors").unlink()
+    return _eval(a, ws), [f"{a}/adapter_model.safetensors: missing"]
+
+
+def adapter_truncated(ws, tmp):
+    a = _adapter(ws, tmp)
+    w = a / "adapter_model.safetensors"
+    w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
+    return _eval(a, ws), [str(w), "cannot be read as safetensors"]
+
+
+def adapter_corrupt_manifest(ws, tmp):
+    a = _adapter(ws, tmp)
+    (a / "adapterkit.json").write_text("{garbage")
+    return _eval(a, ws), [f"{a}/adapterkit.json: not valid JSON"]
+
+
+def adapter_manifest_types(ws, tmp):
+    a = _adapter(ws, tmp)
+    _edit_manifest(a, lambda m: m["strategy"].update(name=5))
+    return _eval(a, ws), [f"{a}/adapterkit.json", "strategy.name: expected str, got int"]
+
+
+def adapter_pickle_only(ws, tmp):
+    a = tmp / "pickled"
+    a.mkdir()
+    torch.save({"w": torch.zeros(1)}, a / "adapter_model.bin")
+    return _eval(a, ws), [str(a), "only pickle", "arbitrary code"]
+
+
+def adapter_other_base(ws, tmp):
+    a = _adapter(ws, tmp)
+    _edit_manifest(a, lambda m: m["base_model"].update(name=str(ws / "untied")))
+    return _eval(a, ws), ["adapter was trained on base model", str(ws / "untied")]
+
+
+def adapter_stray_tensor(ws, tmp):
+    a = _adapter(ws, tmp)
+    _edit_tensors(a, lambda t: t.update({"evil.weight": torch.zeros(2)}))
+    return _eval(a, ws), ["map to no module of the model: ['evil.weight']", "nothing was loaded"]
+
+
+def adapter_shape_dtype(ws, tmp):
+    a = _adapter(ws, tmp)
+
+    def half(t: dict) -> None:
+        first = sorted(t)[0]
+        t[first] = t[first].half()
+
+    name = _edit_tensors(a, half)
+    return _eval(a, ws), [f"shape or dtype differs: {name}", "float16 in the file"]
+
+
+def adapter_remote_code(ws, tmp):
+    a = _adapter(ws, tmp)
+    _edit_manifest(a, lambda m: m["base_model"].update(trust_remote_code=True))
+    return _eval(a, ws), ["trust_remote_code", "say-so"]
+
+
+def out_exists(ws, tmp):
+    return ["train", str(ws / "recipe.yaml"), "--out", str(ws / "run")], [
+        "holds an adapter",
+        "--resume",
+        "--overwrite",
+    ]
+
+
+def resume_differs(ws, tmp):
+    out = tmp / "out"
+    shutil.copytree(ws / "run", out)
+    args = [*_train(ws, tmp, "train.lr=0.02"), "--resume"]
+    return args, ["cannot resume", "train.lr: 0.01 -> 0.02"]
+
+
+def resume_none(ws, tmp):
+    return [*_train(ws, tmp), "--resume"], [f"{tmp / 'out'}/checkpoints: no checkpoint"]
+
+
+def resume_overwrite(ws, tmp):
+    return [*_train(ws, tmp), "--resume", "--overwrite"], ["contradict"]
+
+
+CASES: dict[str, Case] = {
+    name.replace("_", "-"): fn
+    for name, fn in list(globals().items())
+    if callable(fn)
+    and name[0] != "_"
+    and name.islower()
+    and fn.__module__ == __name__
+    and name not in ("ws", "catalogue_ids")
+}
+
+
+def catalogue_ids() -> list[str]:
+    text = (ROOT / "docs" / "errors.md").read_text()
+    return re.findall(r"^\| ([a-z]+-[a-z-]+) \|", text, flags=re.MULTILINE)
+
+
+def test_every_catalogue_row_has_a_case_and_every_case_a_row() -> None:
+    ids = catalogue_ids()
+    assert len(ids) == len(set(ids)) >= 25
+    assert sorted(ids) == sorted(CASES)
+
+
+@pytest.mark.parametrize("row", catalogue_ids())
+def test_catalogue_row(row: str, ws: Path, tmp_path: Path) -> None:
+    args, expected = CASES[row](ws, tmp_path)
+    result = CliRunner().invoke(cli, args)
+    assert isinstance(result.exception, SystemExit), result.exception  # not a crash
+    assert result.exit_code == 2, result.output
+    # (a model-loading progress bar may precede it; the message is what follows "error: ")
+    message = result.output.partition("error: ")[2]
+    assert message, result.output
+    for text in expected:
+        assert text in message, (text, result.output)
+
+
+def test_a_real_process_prints_no_traceback_unless_debug(ws: Path, tmp_path: Path) -> None:
+    bad = _file(tmp_path, "bad.jsonl", "{not json\n")
+    args = [str(ws / "recipe.yaml"), f"data.train={bad}", "--out", str(tmp_path / "o")]
+    plain = subprocess.run(
+        [sys.executable, "-m", "adapterkit", "train", *args], capture_output=True, text=True
+    )
+    assert plain.returncode == 2 and "Traceback" not in plain.stderr
+    assert plain.stderr.strip() == plain.stderr.strip().splitlines()[0]  # one line
+    debug = subprocess.run(
+        [sys.executable, "-m", "adapterkit", "--debug", "train", *args],
+        capture_output=True,
+        text=True,
+    )
+    assert debug.returncode != 0 and "Traceback" in debug.stderr and "DataError" in debug.stderr
