@@ -101,6 +101,30 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plots(rows: list[dict], out: Path) -> None:
+    """Per task, the same plots `adapterkit compare` draws: reported metric against peak memory
+    (Pareto front marked) and every strategy's training loss, from the runs' own logs."""
+    from adapterkit.compare_report import plot_losses, plot_pareto
+
+    for task in dict.fromkeys(r["task"] for r in rows):
+        done = [r for r in rows if r["task"] == task and "error" not in r]
+        as_compare_rows = [
+            {
+                "strategy": r["strategy"],
+                "error": None,
+                "eval_metric": f"{REPORTED[task]} {METRIC[task]}",
+                "higher_is_better": True,
+                "eval_value": r["test"],
+                "peak_memory_bytes": r["peak_memory_bytes"],
+                "peak_memory_kind": "process_rss",
+            }
+            for r in done
+        ]
+        plot_pareto(as_compare_rows, out / f"{task}-pareto.png")
+        runs = {r["strategy"]: out / "runs" / f"{task}-{r['strategy']}" for r in done}
+        plot_losses(runs, out / f"{task}-loss.png")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", type=Path, default=ROOT.parent / "shared" / "datasets")
@@ -111,10 +135,15 @@ def main() -> int:
         "--set", action="append", default=[], metavar="KEY=VALUE",
         help="extra recipe override for every run (e.g. train.epochs=1); recorded in the results",
     )  # fmt: skip
+    parser.add_argument("--report-only", action="store_true", help="redraw md and plots only")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     results_path = args.out / "results.json"
     rows = json.loads(results_path.read_text()) if results_path.exists() else []
+    if args.report_only:
+        (args.out / "results.md").write_text(markdown(rows))
+        plots(rows, args.out)
+        return 0
     scratch = args.out / "runs"
     scratch.mkdir(exist_ok=True)
     for task in args.tasks.split(","):
@@ -139,6 +168,7 @@ def main() -> int:
             print(f"  -> {rows[-1]}", flush=True)
             results_path.write_text(json.dumps(rows, indent=2) + "\n")
             (args.out / "results.md").write_text(markdown(rows))
+    plots(rows, args.out)
     return 0
 
 
