@@ -64,10 +64,10 @@ def main() -> None:
         user = row["instruction"] + (f"\n\n{row['input']}" if row.get("input") else "")
         prompt = [{"role": "user", "content": user}]
         full = [*prompt, {"role": "assistant", "content": row["output"]}]
-        p_ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True)
-        f_ids = tokenizer.apply_chat_template(full, tokenize=True)
-        p_ids = p_ids["input_ids"] if isinstance(p_ids, dict) else p_ids
-        f_ids = f_ids["input_ids"] if isinstance(f_ids, dict) else f_ids
+        p_text = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+        f_text = tokenizer.apply_chat_template(full, tokenize=False)
+        p_ids = tokenizer(p_text, add_special_tokens=False)["input_ids"]
+        f_ids = tokenizer(f_text, add_special_tokens=False)["input_ids"]
         end = f_ids.index(tokenizer.eos_token_id, len(p_ids)) + 1  # response + <|im_end|>
         ids = f_ids[:end][: args.max_length]
         labels = [-100] * len(p_ids) + ids[len(p_ids) :]
