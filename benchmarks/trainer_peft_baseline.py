@@ -97,14 +97,17 @@ def main() -> None:
     collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
     tokens = 0
 
-    def counting_collator(features: list[dict]) -> dict:
-        nonlocal tokens
-        batch = collator(features)
-        tokens += int(batch["attention_mask"].sum())
-        return batch
+    class CountingTrainer(Trainer):
+        """Counts the non-padding tokens of the batches actually trained on (the dataloader
+        prefetches, so counting in the collator would include batches never used)."""
+
+        def training_step(self, model, inputs, *rest, **kw):
+            nonlocal tokens
+            tokens += int(inputs["attention_mask"].sum())
+            return super().training_step(model, inputs, *rest, **kw)
 
     meter = Meter()
-    trainer = Trainer(
+    trainer = CountingTrainer(
         model=model,
         args=TrainingArguments(
             output_dir=str(args.out / "hf"),
@@ -122,7 +125,7 @@ def main() -> None:
             seed=0,
         ),
         train_dataset=data,
-        data_collator=counting_collator,
+        data_collator=collator,
         callbacks=[meter],
     )
     start = time.perf_counter()
