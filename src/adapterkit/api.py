@@ -15,7 +15,6 @@ import dataclasses
 import json
 import logging
 import platform
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from adapterkit import __version__, models
 from adapterkit import options as opts
 from adapterkit.errors import AdapterError, OutOfMemoryError, UserError
 from adapterkit.recipe import Recipe
+from adapterkit.rundir import check_resumable, prepare_out_dir, recover_run_dir
 
 log = logging.getLogger("adapterkit")
 
@@ -140,114 +140,6 @@ def _score(task: Any, model: Any, examples: list[dict], tokenizer: Any, options:
     return metrics
 
 
-RUN_FILES = ("log.jsonl", "metrics.json", "best", "checkpoints")
-
-
-def recover_run_dir(out_dir: Path) -> list[str]:
-    """Finish or undo what a crash while saving left in a run directory (see adapter_io.recover)."""
-    from adapterkit import adapter_io, checkpoints
-
-    done = adapter_io.recover(out_dir)
-    if out_dir.is_dir():
-        done += adapter_io.recover(out_dir / "best")
-        checkpoints.recover(out_dir / "checkpoints")
-    for line in done:
-        log.warning("recovered an interrupted save: %s", line)
-    return done
-
-
-def _prepare_out_dir(out_dir: Path, overwrite: bool, resume: bool = False) -> Path | None:
-    """Refuse to train into a directory holding anything, unless told to replace or resume a run.
-
-    Returns the checkpoint to resume from (with `resume`), else None.
-    """
-    from adapterkit import checkpoints
-    from adapterkit.adapter_io import MANIFEST
-
-    if resume and overwrite:
-        raise UserError("--resume and --overwrite contradict each other; give one of them")
-    if resume:
-        found = checkpoints.latest(out_dir / "checkpoints") if out_dir.is_dir() else None
-        if found is None:
-            raise UserError(
-                f"{out_dir}/checkpoints: no checkpoint to resume from (a run saves them only with "
-                "train.checkpoint_every set, or when it is stopped by Ctrl-C/SIGTERM); "
-                "drop --resume to start afresh"
-            )
-        return found
-    if not out_dir.exists() or not any(out_dir.iterdir()):
-        out_dir.mkdir(parents=True, exist_ok=True)
-        return None
-    if not overwrite:
-        what = "holds an adapter" if (out_dir / MANIFEST).is_file() else "is not empty"
-        raise UserError(
-            f"{out_dir}: already exists and {what}; pass --resume to continue the run there from "
-            "its latest checkpoint, --overwrite to replace it, or choose another --out"
-        )
-    if not ((out_dir / MANIFEST).is_file() or (out_dir / "log.jsonl").is_file()):
-        raise UserError(
-            f"{out_dir}: is not an adapterkit run directory (no {MANIFEST}, no log.jsonl); "
-            "refusing to overwrite it, choose another --out"
-        )
-    # A previous run's best/ and checkpoints/ must not pass for this run's.
-    for name in RUN_FILES:
-        path = out_dir / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
-    return None
-
-
-def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(value, dict) and value:
-        out: dict[str, Any] = {}
-        for k, v in value.items():
-            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-        return out
-    return {prefix: value}
-
-
-# Keys a resume may change: only how long to train.
-RESUMABLE_CHANGES = frozenset({"train.max_steps"})
-
-
-def recipe_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """`key: checkpoint value -> this value` for every resolved-recipe key that differs.
-
-    Compared after a JSON round trip (what the checkpoint went through), so a tuple and a list
-    of the same items are equal; keys in RESUMABLE_CHANGES are allowed to differ.
-    """
-    from adapterkit.checkpoints import json_safe
-
-    a = _flatten(json.loads(json.dumps(json_safe(saved), default=str)))
-    b = _flatten(json.loads(json.dumps(json_safe(current), default=str)))
-    return [
-        f"{key}: {a.get(key)!r} -> {b.get(key)!r}"
-        for key in sorted(set(a) | set(b))
-        if key not in RESUMABLE_CHANGES and a.get(key) != b.get(key)
-    ]
-
-
-def _check_resumable(checkpoint: Path, recipe: Recipe) -> None:
-    from adapterkit import checkpoints
-
-    state = checkpoints.read_state(checkpoint)
-    saved = state.get("recipe")
-    if not isinstance(saved, dict):
-        raise UserError(
-            f"{checkpoint}/trainer_state.json: records no recipe (written by an older adapterkit?); "
-            "it cannot be checked against this run, so it is not resumed"
-        )
-    diff = recipe_differences(saved, recipe.to_dict())
-    if diff:
-        raise UserError(
-            f"{checkpoint}: cannot resume: the recipe differs from the checkpoint's in "
-            f"{len(diff)} key(s) (only train.max_steps may change):\n"
-            + "\n".join(f"  - {d}" for d in diff)
-        )
-
-
 def train(
     recipe: Recipe,
     out_dir: Path,
@@ -267,7 +159,7 @@ def train(
 
     out_dir = Path(out_dir)
     recover_run_dir(out_dir)
-    checkpoint = _prepare_out_dir(out_dir, overwrite, resume)
+    checkpoint = prepare_out_dir(out_dir, overwrite, resume)
     quiet_known_notices()
 
     registry = load_registry()
@@ -287,7 +179,7 @@ def train(
     t_opts = task.setup(train_rows, recipe.task.options)  # e.g. label names, for the head size
     recipe = dataclasses.replace(recipe, task=dataclasses.replace(recipe.task, options=t_opts))
     if checkpoint is not None:  # before the model loads: a refusal should cost milliseconds
-        _check_resumable(checkpoint, recipe)
+        check_resumable(checkpoint, recipe)
 
     source = models.resolve(recipe.model.name)
     parts = task.model_parts(source, t_opts)
