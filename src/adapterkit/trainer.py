@@ -25,7 +25,6 @@ import json
 import math
 import random
 import signal
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
@@ -43,6 +42,7 @@ from adapterkit.errors import (
     TrainingInterrupted,
 )
 from adapterkit.measure import MemoryMeter, parameter_counts, rss_anon_bytes, rss_file_bytes
+from adapterkit.stops import StopSignals, is_out_of_memory, out_of_memory_advice, trim_log
 from adapterkit.strategy import trainable_named_parameters
 from adapterkit.train_config import DEFINITIONS, TrainConfig
 
@@ -190,76 +190,6 @@ def _windows(
         epoch, next_batch = epoch + 1, 0
 
 
-def is_out_of_memory(exc: BaseException) -> bool:
-    """True for CUDA's OutOfMemoryError and for the CPU allocator's RuntimeError (or MemoryError)."""
-    import torch
-
-    if isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)):
-        return True
-    text = str(exc).lower()
-    return isinstance(exc, RuntimeError) and (
-        "can't allocate memory" in text or "not enough memory" in text or "out of memory" in text
-    )
-
-
-def out_of_memory_advice(cfg: TrainConfig) -> str:
-    """Concrete overrides that lower the memory a step needs, smallest change first."""
-    lines = []
-    if cfg.batch_size > 1:
-        half = cfg.batch_size // 2
-        lines.append(
-            f"train.batch_size={half} train.grad_accum={cfg.grad_accum * 2}  "
-            f"(half the batch, same examples per step; now batch_size={cfg.batch_size})"
-        )
-    else:
-        lines.append("task.options.max_length=<fewer tokens>  (batch_size=1 already)")
-    if not cfg.gradient_checkpointing:
-        lines.append("train.gradient_checkpointing=true  (recompute activations in backward)")
-    lines.append("strategy.name=qlora  (a 4-bit base model: far less weight memory)")
-    return "\n".join(f"  {line}" for line in lines)
-
-
-class _StopSignals:
-    """While active, SIGINT/SIGTERM only set `received`; the loop stops after the current step.
-
-    A second signal raises KeyboardInterrupt at once (the user insists). Handlers are installed
-    only in the main thread (Python allows no other) and restored on exit.
-    """
-
-    def __init__(self) -> None:
-        self.received: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.received is not None:
-            raise KeyboardInterrupt
-        self.received = signum
-
-    def __enter__(self) -> _StopSignals:
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
-def _trim_log(path: Path, step: int) -> None:
-    """Keep the log lines of steps up to `step`: a killed run may have logged steps after it."""
-    kept = []
-    for line in path.read_text().splitlines() if path.is_file() else []:
-        try:
-            if json.loads(line).get("step", 0) <= step:
-                kept.append(line + "\n")
-        except ValueError:
-            break  # a line cut by the crash, and whatever follows it
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(kept))
-    tmp.replace(path)
-
-
 # ---- the loop ------------------------------------------------------------------------------------
 
 
@@ -340,7 +270,7 @@ def fit(
     if resume is None:
         log_path.write_text("")
     else:
-        _trim_log(log_path, int(resume["state"]["step"]))
+        trim_log(log_path, int(resume["state"]["step"]))
 
     def log(record: dict[str, Any]) -> None:
         # Opened per line so that the file is complete whenever training stops, even by a crash.
@@ -452,7 +382,7 @@ def fit(
         return f"the last good checkpoint, {found}, is kept" if found else "no checkpoint was saved"
 
     bar = tqdm(total=total_steps, initial=step, disable=not progress, desc="train", unit="step")
-    stop = _StopSignals()
+    stop = StopSignals()
     try:
         stop.__enter__()
         while step < total_steps:
