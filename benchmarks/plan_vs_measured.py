@@ -2,16 +2,23 @@
 
     .venv/bin/python benchmarks/plan_vs_measured.py [--models smollm2 minilm]
         [--strategies full head last_n lora qlora] [--points 8x64 32x128] [--max-steps 3]
-        [--out benchmarks/results/plan]
+        [--out benchmarks/results/plan] [--model-path smollm2=DIR] [--jobs N]
     .venv/bin/python benchmarks/plan_vs_measured.py --measure-runtime
 
 For each embedded model (SmolLM2-135M with causal_lm on data/instructions, MiniLM-L6 with
 sequence_classification on data/sst2), each built-in strategy and each (batch, length) point, it
 runs `adapterkit train` in a child process (one at a time) and compares metrics.json's
 `peak_memory_bytes` (CPU: the process's peak RSS during the training steps; CUDA: the allocator's
-max_memory_allocated) with the plan for the same point. Every row of the training file is made
+max_memory_allocated) with the plan for the same point. Runs use `train.precision=fp32`, the
+arithmetic the plan models (bf16 autocast is not modelled), on whatever device the trainer picks. Every row of the training file is made
 long enough to be cut at the point's length (rows are concatenated), so every batch is exactly
 batch x length tokens: the measured run and the plan see the same shapes.
+
+`--model-path NAME=DIR` trains a local HF directory in place of an embedded model (the plan is
+made from the same directory's config): memory depends only on the shapes, so a directory holding
+the embedded model's config and tokenizer with randomly initialised weights measures the same
+peak on a machine where the embedded package cannot be installed. `--jobs N` runs N points at
+once; use it only on CUDA, where `max_memory_allocated` is per process and unaffected.
 
 `--measure-runtime` reproduces the measurement behind estimate.CPU_RUNTIME_BYTES: the resident
 memory of a fresh process once the libraries a training run imports are loaded.
@@ -26,6 +33,8 @@ import json
 import subprocess
 import sys
 import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +52,7 @@ MODELS: dict[str, dict[str, Any]] = {
         "points": [(8, 64), (32, 128), (16, 256)],
     },
 }
+_PLAN_LOCK = threading.Lock()
 STRATEGIES = ["full", "head", "last_n", "lora", "qlora"]
 
 _RUNTIME_PROBE = """
@@ -88,17 +98,22 @@ def long_rows(model: str, rows_needed: int, dest: Path) -> Path:
 
 
 def run_point(
-    model: str, strategy: str, batch: int, length: int, max_steps: int, work: Path
+    model: str,
+    strategy: str,
+    batch: int,
+    length: int,
+    max_steps: int,
+    work: Path,
+    model_path: str | None = None,
 ) -> dict[str, Any]:
     from adapterkit.estimate import from_recipe
     from adapterkit.recipe import resolve
 
     recipe = MODELS[model]["recipe"].format(strategy=strategy)
-    data = long_rows(model, batch * max_steps, work / f"{model}-{batch}x{max_steps}.data")
-    if model == "minilm":
-        data = data.rename(data.with_suffix(".tsv"))
-    else:
-        data = data.rename(data.with_suffix(".jsonl"))
+    suffix = ".tsv" if model == "minilm" else ".jsonl"
+    data = long_rows(
+        model, batch * max_steps, work / f"{model}-{strategy}-{batch}x{length}{suffix}"
+    )
     overrides = [
         f"train.max_steps={max_steps}",
         f"train.batch_size={batch}",
@@ -107,18 +122,25 @@ def run_point(
         "data.eval=null",
         "train.eval_every=null",
         "train.gradient_checkpointing=false",
+        "train.precision=fp32",
     ]
+    if model_path:
+        overrides.append(f"model.name={model_path}")
     if model == "minilm":
         overrides += ["data.holdout=null", "data.test=null"]
     out = work / f"{model}-{strategy}-{batch}x{length}"
-    subprocess.run(
+    done = subprocess.run(
         [sys.executable, "-m", "adapterkit", "train", recipe, *overrides,
          "--out", str(out), "--overwrite", "--no-progress"],
-        cwd=ROOT, check=True,
+        cwd=ROOT, capture_output=True, text=True,
     )  # fmt: skip
+    if done.returncode != 0:
+        tail = "\n".join(done.stderr.strip().splitlines()[-15:])
+        raise RuntimeError(f"{model} {strategy} {batch}x{length} failed:\n{tail}")
     metrics = json.loads((out / "metrics.json").read_text())
     device = "cuda" if str(metrics["device"]).startswith("cuda") else "cpu"
-    (p,) = from_recipe(resolve(ROOT / recipe, overrides), None, device)
+    with _PLAN_LOCK:  # transformers' lazy imports are not thread-safe
+        (p,) = from_recipe(resolve(ROOT / recipe, overrides), None, device)
     measured = int(metrics["peak_memory_bytes"])
     return {
         "model": model,
@@ -126,6 +148,7 @@ def run_point(
         "batch_size": batch,
         "seq_len": length,
         "device": device,
+        "device_name": metrics.get("device_name") or metrics["device"],
         "measured_bytes": measured,
         "measured_kind": metrics["peak_memory_kind"],
         "measured_after_training": {
@@ -166,27 +189,47 @@ def main() -> int:
     parser.add_argument("--points", nargs="+", help="BATCHxLENGTH, e.g. 8x64 (default: 3 each)")
     parser.add_argument("--max-steps", type=int, default=3)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/plan")
+    parser.add_argument("--model-path", action="append", default=[], metavar="MODEL=DIR")
+    parser.add_argument("--jobs", type=int, default=1, help="points at once (CUDA only)")
     parser.add_argument("--measure-runtime", action="store_true")
     args = parser.parse_args()
     if args.measure_runtime:
         print(f"runtime RSS: {measure_runtime()} bytes")
         return 0
-    records = []
-    with tempfile.TemporaryDirectory(prefix="plan-vs-measured-") as tmp:
-        for model in args.models:
-            points = MODELS[model]["points"]
-            if args.points:
-                points = [tuple(int(x) for x in p.split("x")) for p in args.points]
-            for strategy in args.strategies:
-                for batch, length in points:
-                    rec = run_point(model, strategy, batch, length, args.max_steps, Path(tmp))
-                    print(json.dumps({k: rec[k] for k in ("model", "strategy", "error")}))
-                    records.append(rec)
+    paths = dict(item.split("=", 1) for item in args.model_path)
+    jobs = []
+    for model in args.models:
+        points = MODELS[model]["points"]
+        if args.points:
+            points = [tuple(int(x) for x in p.split("x")) for p in args.points]
+        jobs += [(model, s, b, n) for s in args.strategies for b, n in points]
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(records, indent=2) + "\n")
-    (args.out / "results.md").write_text(table(records))
+    records: list[dict[str, Any]] = []
+    failed = 0
+    with (
+        tempfile.TemporaryDirectory(prefix="plan-vs-measured-") as tmp,
+        ThreadPoolExecutor(max_workers=args.jobs) as pool,
+    ):
+        futures = [
+            pool.submit(run_point, m, s, b, n, args.max_steps, Path(tmp), paths.get(m))
+            for m, s, b, n in jobs
+        ]
+        for fut in futures:  # in grid order, each written as soon as it is in
+            try:
+                rec = fut.result()
+            except RuntimeError as exc:  # report it, keep the other points
+                print(exc, file=sys.stderr, flush=True)
+                failed += 1
+                continue
+            print(
+                json.dumps({k: rec[k] for k in ("model", "strategy", "seq_len", "error")}),
+                flush=True,
+            )
+            records.append(rec)
+            (args.out / "results.json").write_text(json.dumps(records, indent=2) + "\n")
+            (args.out / "results.md").write_text(table(records))
     print(table(records))
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

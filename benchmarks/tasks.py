@@ -2,6 +2,8 @@
 
     .venv/bin/python benchmarks/tasks.py --datasets ../shared/datasets [--tasks sst2,mrpc,conll2003]
         [--strategies full,head,last_n,lora,qlora] [--out benchmarks/results/tasks]
+    .venv/bin/python benchmarks/tasks.py --tasks sst2 --strategies full,lora --sst2-rows all \
+        --set train.epochs=3 --out benchmarks/results/tasks-gpu          # GPU protocol
 
 CPU protocol (issue 4): SST-2 on a seeded 20,000-row training subset for 1 epoch, model selection
 on a further fixed 1,000-row slice of train, reported on dev; MRPC on its full train (300 rows
@@ -9,6 +11,10 @@ held out for selection) for 3 epochs, reported on dev; CoNLL-2003 on its full tr
 epochs, selection on valid, reported on test. Each run is `adapterkit train` in its own process
 (so memory figures do not leak between runs). Results: results.json and results.md in --out,
 rewritten after every run.
+
+GPU protocol (issue 4, on a CUDA machine): the whole SST-2 training file (its first 1,000 rows
+held out for selection by the recipe) for 3 epochs, reported on dev. Peak memory is then the
+allocator's max_memory_allocated, not the process RSS; each row records which.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import random
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,6 +35,8 @@ REPORTED = {"sst2": "dev", "mrpc": "dev", "conll2003": "test"}  # never used for
 
 def sst2_subset(datasets: Path, out: Path, rows: int = 21_000, seed: int = 0) -> Path:
     """A seeded sample of SST-2 train: 20,000 rows to train on + 1,000 the recipe holds out."""
+    if rows == 0:  # the whole file, as it is
+        return datasets / "sst2" / "train.tsv"
     lines = (datasets / "sst2" / "train.tsv").read_text(encoding="utf-8").split("\n")
     header, body = lines[0], [x for x in lines[1:] if x]
     sample = random.Random(seed).sample(body, rows)
@@ -36,9 +45,9 @@ def sst2_subset(datasets: Path, out: Path, rows: int = 21_000, seed: int = 0) ->
     return path
 
 
-def overrides(task: str, datasets: Path, out: Path) -> list[str]:
+def overrides(task: str, datasets: Path, out: Path, sst2_rows: int = 21_000) -> list[str]:
     if task == "sst2":
-        train = sst2_subset(datasets, out)
+        train = sst2_subset(datasets, out, sst2_rows)
         return [f"data.train={train}", f"data.test={datasets / 'sst2/dev.tsv'}"]
     if task == "mrpc":
         return [
@@ -59,10 +68,14 @@ def row(task: str, strategy: str, metrics: dict, wall: float) -> dict:
         "strategy": strategy,
         "metric": METRIC[task],
         "test": test.get(METRIC[task]),
+        "selection": (metrics.get("best_eval") or {}).get(METRIC[task]),  # held-out / valid
         "trainable_params": metrics["trainable_params"],
         "trainable_percent": metrics["trainable_percent"],
         "adapter_bytes": metrics["adapter_bytes"],
         "peak_memory_bytes": metrics["peak_memory_bytes"],
+        "peak_memory_kind": metrics["peak_memory_kind"],
+        "device": metrics["device"],
+        "precision": metrics.get("precision"),
         "tokens_per_s": metrics["tokens_per_s"],
         "steps": metrics["steps"],
         "epochs": metrics["epochs"],
@@ -74,17 +87,22 @@ def row(task: str, strategy: str, metrics: dict, wall: float) -> dict:
     return out
 
 
+_KIND = {"process_rss": "RSS", "cuda_allocated": "CUDA max allocated"}
+
+
 def markdown(rows: list[dict]) -> str:
     lines = []
     for task in dict.fromkeys(r["task"] for r in rows):
         sets = {" ".join(r.get("overrides") or []) for r in rows if r["task"] == task}
+        devices = sorted({str(r.get("device", "cpu")) for r in rows if r["task"] == task})
         extra = " | dev F1" if task == "mrpc" else ""
         lines += [
             f"\n### {task}"
             + (f" (with {', '.join(sorted(s for s in sets if s))})" if any(sets) else "")
+            + (f" on {', '.join(devices)}" if devices != ["cpu"] else "")
             + "\n",
             f"| strategy | {REPORTED[task]} {METRIC[task]}{extra} | trainable params | adapter size | "
-            "peak memory (RSS) | tokens/s | steps | wall time |",
+            "peak memory | tokens/s | steps | wall time |",
             "|---|---|---|---|---|---|---|---|" + ("---|" if extra else ""),
         ]
         for r in (r for r in rows if r["task"] == task):
@@ -92,11 +110,15 @@ def markdown(rows: list[dict]) -> str:
                 lines.append(f"| {r['strategy']} | failed: {r['error']} |")
                 continue
             f1 = f" | {r['test_f1']:.4f}" if task == "mrpc" else ""
+            kind = r.get("peak_memory_kind", "process_rss")
+            jobs = r.get("concurrent_runs", 1)
+            together = f" ({jobs} runs at once)" if jobs > 1 else ""
             lines.append(
                 f"| {r['strategy']} | {r['test']:.4f}{f1} | {r['trainable_params']:,} "
                 f"({r['trainable_percent']:.2f}%) | {r['adapter_bytes'] / 1e6:.1f} MB | "
-                f"{r['peak_memory_bytes'] / 2**30:.2f} GiB | {r['tokens_per_s']:.0f} | "
-                f"{r['steps']} | {r['wall_time_s'] / 60:.1f} min |"
+                f"{r['peak_memory_bytes'] / 2**30:.2f} GiB ({_KIND.get(kind, kind)}) | "
+                f"{r['tokens_per_s']:.0f} | "
+                f"{r['steps']} | {r['wall_time_s'] / 60:.1f} min{together} |"
             )
     return "\n".join(lines) + "\n"
 
@@ -116,7 +138,7 @@ def plots(rows: list[dict], out: Path) -> None:
                 "higher_is_better": True,
                 "eval_value": r["test"],
                 "peak_memory_bytes": r["peak_memory_bytes"],
-                "peak_memory_kind": "process_rss",
+                "peak_memory_kind": r.get("peak_memory_kind", "process_rss"),
             }
             for r in done
         ]
@@ -135,6 +157,14 @@ def main() -> int:
         "--set", action="append", default=[], metavar="KEY=VALUE",
         help="extra recipe override for every run (e.g. train.epochs=1); recorded in the results",
     )  # fmt: skip
+    parser.add_argument(
+        "--sst2-rows", default="21000",
+        help="SST-2 training rows sampled (20,000 + the 1,000 held out), or 'all' for the whole file",
+    )  # fmt: skip
+    parser.add_argument(
+        "--jobs", type=int, default=1,
+        help="runs at once (for a GPU with room to spare; wall times then overlap, and say so)",
+    )  # fmt: skip
     parser.add_argument("--report-only", action="store_true", help="redraw md and plots only")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -146,25 +176,39 @@ def main() -> int:
         return 0
     scratch = args.out / "runs"
     scratch.mkdir(exist_ok=True)
+    runs = []
     for task in args.tasks.split(","):
-        extra = [*overrides(task, args.datasets, scratch), *args.set]
+        sst2_rows = 0 if args.sst2_rows == "all" else int(args.sst2_rows)
+        extra = [*overrides(task, args.datasets, scratch, sst2_rows), *args.set]
         for strategy in args.strategies.split(","):
             run_dir = scratch / f"{task}-{strategy}"
             cmd = [
                 sys.executable, "-m", "adapterkit", "train", f"recipes/minilm/{task}-{strategy}.yaml",
                 *extra, "--out", str(run_dir), "--overwrite", "--no-progress",
             ]  # fmt: skip
-            print(" ".join(cmd[2:]), flush=True)
-            start = time.perf_counter()
-            done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-            wall = time.perf_counter() - start
+            runs.append((task, strategy, run_dir, cmd))
+
+    def run(cmd: list[str]) -> tuple[subprocess.CompletedProcess, float]:
+        print(" ".join(cmd[2:]), flush=True)
+        start = time.perf_counter()
+        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+        return done, time.perf_counter() - start
+
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        futures = {
+            pool.submit(run, cmd): (task, strategy, run_dir)
+            for task, strategy, run_dir, cmd in runs
+        }
+        for fut in as_completed(futures):
+            (task, strategy, run_dir), (done, wall) = futures[fut], fut.result()
             rows = [r for r in rows if (r["task"], r["strategy"]) != (task, strategy)]
             if done.returncode != 0:
                 error = (done.stderr.strip().splitlines() or ["?"])[-1]
                 rows.append({"task": task, "strategy": strategy, "error": error})
             else:
                 metrics = json.loads((run_dir / "metrics.json").read_text())
-                rows.append({**row(task, strategy, metrics, wall), "overrides": args.set})
+                rec = row(task, strategy, metrics, wall)
+                rows.append({**rec, "overrides": args.set, "concurrent_runs": args.jobs})
             print(f"  -> {rows[-1]}", flush=True)
             results_path.write_text(json.dumps(rows, indent=2) + "\n")
             (args.out / "results.md").write_text(markdown(rows))
