@@ -20,6 +20,9 @@ the embedded model's config and tokenizer with randomly initialised weights meas
 peak on a machine where the embedded package cannot be installed. `--jobs N` runs N points at
 once; use it only on CUDA, where `max_memory_allocated` is per process and unaffected.
 
+`--replan` keeps the measurements in OUT/results.json and makes every plan again with the current
+code (how the tables are kept current when only the planner changes).
+
 `--measure-runtime` reproduces the measurement behind estimate.CPU_RUNTIME_BYTES: the resident
 memory of a fresh process once the libraries a training run imports are loaded.
 
@@ -81,7 +84,7 @@ def long_rows(model: str, rows_needed: int, dest: Path) -> Path:
         rows = [json.loads(line) for line in src.read_text().splitlines() if line.strip()]
         out = []
         for i in range(rows_needed):
-            parts = [rows[(i * 7 + k) % len(rows)]["output"] for k in range(12)]
+            parts = [rows[(i * 7 + k) % len(rows)]["output"] for k in range(48)]  # > 2,000 tokens
             out.append(
                 {"instruction": rows[i % len(rows)]["instruction"], "output": " ".join(parts)}
             )
@@ -91,7 +94,7 @@ def long_rows(model: str, rows_needed: int, dest: Path) -> Path:
     data = [line.split("\t") for line in lines if "\t" in line]
     out_lines = ["sentence\tlabel"]
     for i in range(rows_needed):
-        words = " ".join(data[(i * 13 + k) % len(data)][0].strip() for k in range(40))
+        words = " ".join(data[(i * 13 + k) % len(data)][0].strip() for k in range(100))
         out_lines.append(f"{words}\t{data[i % len(data)][1].strip()}")
     dest.write_text("\n".join(out_lines) + "\n")
     return dest
@@ -105,6 +108,7 @@ def run_point(
     max_steps: int,
     work: Path,
     model_path: str | None = None,
+    extra: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     from adapterkit.estimate import from_recipe
     from adapterkit.recipe import resolve
@@ -126,6 +130,7 @@ def run_point(
     ]
     if model_path:
         overrides.append(f"model.name={model_path}")
+    overrides += extra
     if model == "minilm":
         overrides += ["data.holdout=null", "data.test=null"]
     out = work / f"{model}-{strategy}-{batch}x{length}"
@@ -138,6 +143,11 @@ def run_point(
         tail = "\n".join(done.stderr.strip().splitlines()[-15:])
         raise RuntimeError(f"{model} {strategy} {batch}x{length} failed:\n{tail}")
     metrics = json.loads((out / "metrics.json").read_text())
+    if metrics["tokens"] != batch * length * max_steps:  # a short row would shrink the point
+        raise RuntimeError(
+            f"{model} {strategy} {batch}x{length}: trained on {metrics['tokens']} tokens, "
+            f"not {batch * length * max_steps}: the rows are shorter than the point"
+        )
     device = "cuda" if str(metrics["device"]).startswith("cuda") else "cpu"
     with _PLAN_LOCK:  # transformers' lazy imports are not thread-safe
         (p,) = from_recipe(resolve(ROOT / recipe, overrides), None, device)
@@ -157,7 +167,29 @@ def run_point(
         },
         "planned_bytes": p.total,
         "error": (p.total - measured) / measured,
+        "overrides": list(extra),
         "trainable_params": {"plan": p.trainable_params, "run": metrics["trainable_params"]},
+        "components": {k: v for k, v in p.components.items() if not k.endswith("detail")},
+    }
+
+
+def replan(record: dict[str, Any]) -> dict[str, Any]:
+    """The record with its plan made again by the current code (the measurement kept)."""
+    from adapterkit.estimate import from_recipe
+    from adapterkit.recipe import resolve
+
+    recipe = MODELS[record["model"]]["recipe"].format(strategy=record["strategy"])
+    overrides = [
+        f"train.batch_size={record['batch_size']}",
+        f"task.options.max_length={record['seq_len']}",
+        "train.gradient_checkpointing=false",
+    ]
+    (p,) = from_recipe(resolve(ROOT / recipe, overrides), None, record["device"])
+    measured = record["measured_bytes"]
+    return {
+        **record,
+        "planned_bytes": p.total,
+        "error": (p.total - measured) / measured,
         "components": {k: v for k, v in p.components.items() if not k.endswith("detail")},
     }
 
@@ -191,10 +223,24 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/plan")
     parser.add_argument("--model-path", action="append", default=[], metavar="MODEL=DIR")
     parser.add_argument("--jobs", type=int, default=1, help="points at once (CUDA only)")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="extra recipe override for every run (e.g. train.release_memory=true); recorded",
+    )  # fmt: skip
+    parser.add_argument(
+        "--replan", action="store_true",
+        help="keep OUT/results.json's measurements, recompute every plan with the current code",
+    )  # fmt: skip
     parser.add_argument("--measure-runtime", action="store_true")
     args = parser.parse_args()
     if args.measure_runtime:
         print(f"runtime RSS: {measure_runtime()} bytes")
+        return 0
+    if args.replan:
+        records = [replan(r) for r in json.loads((args.out / "results.json").read_text())]
+        (args.out / "results.json").write_text(json.dumps(records, indent=2) + "\n")
+        (args.out / "results.md").write_text(table(records))
+        print(table(records))
         return 0
     paths = dict(item.split("=", 1) for item in args.model_path)
     jobs = []
@@ -211,7 +257,9 @@ def main() -> int:
         ThreadPoolExecutor(max_workers=args.jobs) as pool,
     ):
         futures = [
-            pool.submit(run_point, m, s, b, n, args.max_steps, Path(tmp), paths.get(m))
+            pool.submit(
+                run_point, m, s, b, n, args.max_steps, Path(tmp), paths.get(m), tuple(args.set)
+            )
             for m, s, b, n in jobs
         ]
         for fut in futures:  # in grid order, each written as soon as it is in

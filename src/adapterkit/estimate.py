@@ -9,13 +9,17 @@ For each strategy, in bytes:
     activations        saved tensors for backward (estimate_activations.py), with and without
                        gradient checkpointing
     logits_and_loss    the float32 logits and the cross entropy's copies of them
-    runtime_overhead   CPU only: the resident process before any model (see CPU_RUNTIME_BYTES)
+    block_transient    the largest working set of one block's forward that is not kept for
+                       backward (estimate_activations.block_transient)
+    runtime_overhead   CPU: the resident process before any model (CPU_RUNTIME_BYTES); CUDA: the
+                       cuBLAS workspaces (CUDA_CUBLAS_WORKSPACE_BYTES)
 
 The peak of a step is taken where it happens (the trainer frees gradients with set_to_none after
 every step, and AdamW creates its state at the first step, so from step 2 on it is always there):
 
     total = runtime + weights + optimizer
-            + max(activations + logits_and_loss,        # end of forward / start of backward
+            + max(activations + max(logits_and_loss,    # end of forward / start of backward
+                                    block_transient),    # or inside the last block's forward
                   gradients + optimizer_step_scratch)    # end of backward / the AdamW update
 
 Gradients of a block appear in backward as that block's saved tensors are freed, so the two
@@ -37,6 +41,7 @@ from adapterkit.estimate_activations import (
     Trainable,
     activations,
     arch_from_config,
+    block_transient,
 )
 from adapterkit.estimate_weights import (
     build_meta_model,
@@ -59,6 +64,15 @@ accelerate, bitsandbytes and adapterkit imported, a tiny LoRA model built and on
 process (`benchmarks/plan_vs_measured.py --measure-runtime`): 458,232 KiB on the 2-core
 development machine, torch 2.13 CPU, transformers 5.23, peft 0.21, bitsandbytes 0.50. CUDA's
 `max_memory_allocated` does not include it, so it is 0 there."""
+
+CUDA_CUBLAS_WORKSPACE_BYTES = 32 * 2**20
+"""cuBLAS workspace torch allocates through its caching allocator, once per (handle, stream), and
+handles are per thread: the training thread's forward matmuls take one, the autograd engine's
+device thread's backward matmuls another. 32 MiB each is torch's default on Hopper (sm90) and
+later GPUs (earlier ones: 8 MiB + 128 KiB), the larger is planned; `CUBLAS_WORKSPACE_CONFIG`
+changes it. Seen in allocator traces on an H100 (`benchmarks/plan_trace.py`): two 32 MiB blocks,
+one allocated at the first forward matmul, one with no Python frame in backward."""
+CUDA_WORKSPACES = 2
 
 STEP_TENSORS = 1
 """AdamW keeps one 0-dim float32 `step` tensor per trainable parameter tensor (torch >= 2.0)."""
@@ -283,7 +297,9 @@ def _static(weights: dict[str, Any], tensors: list[tuple[str, int]], device: Dev
         "gradients": trainable * FP32,
         "optimizer": optimizer_bytes(tensors),
         "optimizer_step_scratch": step_scratch_bytes(tensors, device),
-        "runtime_overhead": CPU_RUNTIME_BYTES if device == "cpu" else 0,
+        "runtime_overhead": (
+            CPU_RUNTIME_BYTES if device == "cpu" else CUDA_WORKSPACES * CUDA_CUBLAS_WORKSPACE_BYTES
+        ),
     }
 
 
@@ -301,6 +317,7 @@ def _make(
 ) -> StrategyPlan:
     acts: Activations = activations(arch, layout, b, length, device)
     logits = logits_and_loss_bytes(task_name, arch.vocab, num_labels, b, length)
+    transient = block_transient(arch, b, length, device)
     fixed = st["runtime_overhead"] + st["weights"] + st["optimizer"]
     after = st["gradients"] + st["optimizer_step_scratch"]
     comp = {
@@ -313,9 +330,10 @@ def _make(
         "activations_checkpointed": acts.saved_checkpointed,
         "activations_detail": acts.detail,
         "logits_and_loss": logits,
+        "block_transient": transient,
         "runtime_overhead": st["runtime_overhead"],
-        "total": fixed + max(acts.saved + logits, after),
-        "total_checkpointed": fixed + max(acts.saved_checkpointed + logits, after),
+        "total": fixed + max(acts.saved + max(logits, transient), after),
+        "total_checkpointed": fixed + max(acts.saved_checkpointed + max(logits, transient), after),
     }
     return StrategyPlan(
         name, b, length, device, st["trainable"], st["logical_params"], comp, checkpointing

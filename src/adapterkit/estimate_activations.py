@@ -25,6 +25,8 @@ INT64 = 8  # bytes of an int64 element: token ids and targets
 BOOL = 1  # bytes of a bool element: CUDA dropout masks and SDPA padding masks
 SCALAR_F64 = 8  # a 0-dim float64 tensor autograd saves for a Python-float multiply (LoRA scaling)
 CUDA_LSE_ALIGN = 32  # CUDA memory-efficient attention pads its saved log-sum-exp to 32 positions
+CUDA_BIAS_ALIGN = 16  # ... and copies an attention mask with its last dimension padded to 16
+PHILOX_STATE = 2 * INT64  # ... and keeps its RNG seed and offset (two 0-dim int64), dropout or not
 
 Device = Literal["cpu", "cuda"]
 
@@ -169,6 +171,46 @@ def _linear_group(
         saved.add(f"{prefix} lora scaling", SCALAR_F64)
 
 
+def _cuda_attention(a: Arch, b: int, length: int) -> tuple[dict[str, int], bool]:
+    """What float32 SDPA keeps on CUDA, and whether its output is the storage the output
+    projection reads (so that projection keeps nothing more for it).
+
+    There is no flash kernel for float32, so one of two paths runs. A batch without padding
+    passes no mask: with grouped-query attention (fewer k/v heads) transformers asks SDPA for
+    `enable_gqa`, which only the math path has; it keeps q and k scaled by sqrt(scale), k and v
+    expanded to every head, and the softmax probabilities [B, heads, L, L], and returns a
+    [B, heads, L, head_dim] tensor that the projection copies. Otherwise (no GQA, or a padded
+    batch, for which transformers repeats k/v itself and passes a mask) the memory-efficient
+    kernel runs: it keeps q, k, v, its output (a transposed view the projection reads as is), a
+    log-sum-exp padded to 32 positions, its RNG state and, given a mask, a per-layer copy of it
+    with the last dimension padded to 16. A batch of one row has no padding; for more rows the
+    plan cannot know, and takes the larger of the two (seen on an H100, torch 2.11).
+    """
+    t = b * length
+    q_dim = a.heads * a.head_dim
+    lse = b * a.heads * math.ceil(length / CUDA_LSE_ALIGN) * CUDA_LSE_ALIGN * FP32
+    efficient = {
+        "sdpa q, k, v, output": 4 * t * q_dim * FP32,
+        "sdpa log-sum-exp": lse,
+        "sdpa rng state": PHILOX_STATE,
+    }
+    if a.kv_heads < a.heads:
+        unpadded = {
+            "sdpa math: scaled q, k and v at every head": 3 * t * q_dim * FP32,
+            "sdpa math: softmax probabilities": b * a.heads * length**2 * FP32,
+        }
+        unpadded_shares_output = False
+    else:
+        unpadded, unpadded_shares_output = efficient, True
+    if b == 1:
+        return unpadded, unpadded_shares_output
+    bias = b * length * math.ceil(length / CUDA_BIAS_ALIGN) * CUDA_BIAS_ALIGN * FP32
+    padded = {**efficient, "sdpa padding mask (aligned copy per layer)": bias}
+    if sum(unpadded.values()) > sum(padded.values()):
+        return unpadded, unpadded_shares_output
+    return padded, True
+
+
 def _llama_block(
     saved: Saved, a: Arch, blk: Block, grad_in: bool, b: int, length: int, device: Device
 ) -> bool:
@@ -195,7 +237,12 @@ def _llama_block(
     qkv = [blk.get("q_proj"), blk.get("k_proj"), blk.get("v_proj")]
     _linear_group(saved, "q/k/v", t, h, qkv, device, n1_out)
     attn_in = n1_out or any(x.trains or x.lora_r for x in qkv)
-    if attn_in:
+    output_shared = attn_in
+    if attn_in and device == "cuda":
+        items, output_shared = _cuda_attention(a, b, length)
+        for name, nbytes in items.items():
+            saved.add(name, nbytes)
+    elif attn_in:
         kv_kept = a.heads if b > 1 else a.kv_heads
         saved.add("sdpa query", t * q_dim * FP32)
         saved.add("sdpa key+value", 2 * b * kv_kept * length * a.head_dim * FP32)
@@ -206,8 +253,9 @@ def _llama_block(
             saved.add("sdpa padding mask (float32 copy per layer)", b * length**2 * FP32)
     o = blk.get("o_proj")
     # SDPA returns its output as a transposed view of a [B, L, heads, head_dim] buffer, so the
-    # o_proj input (`transpose(1, 2).reshape`) is that same storage, already kept by SDPA.
-    _linear_group(saved, "o_proj", t, q_dim, [o], device, attn_in, input_kept=attn_in)
+    # o_proj input (`transpose(1, 2).contiguous()`) is that same storage, already kept by SDPA;
+    # CUDA's math path returns [B, heads, L, head_dim], and o_proj reads a new copy.
+    _linear_group(saved, "o_proj", t, q_dim, [o], device, attn_in, input_kept=output_shared)
     mid = attn_in or o.trains or bool(o.lora_r)
     if mid:  # post-attention RMSNorm: its input is the residual stream
         saved.add("norm input", t * h * FP32)
@@ -246,14 +294,16 @@ def _bert_block(
             saved.add("attention q, k, v (scaled copies)", 3 * t * h * FP32)
             saved.add("attention softmax + dropped probs", 2 * b * a.heads * length**2 * FP32)
             _dropout(saved, "attention dropout mask", b * a.heads * length**2, device)
+        elif device == "cuda":
+            for name, nbytes in _cuda_attention(a, b, length)[0].items():
+                saved.add(name, nbytes)
         else:
             saved.add("sdpa q, k, v, output", 4 * t * h * FP32)
-            lse_len = (
-                length if device == "cpu" else math.ceil(length / CUDA_LSE_ALIGN) * CUDA_LSE_ALIGN
-            )
-            saved.add("sdpa log-sum-exp", b * a.heads * lse_len * FP32)
+            saved.add("sdpa log-sum-exp", b * a.heads * length * FP32)
     out = blk.get("attention.output.dense")
-    _linear_group(saved, "attention output dense", t, h, [out], device, live)
+    # CUDA's kernel returns a view the output dense reads as it is (kept once, above).
+    shared = live and device == "cuda"
+    _linear_group(saved, "attention output dense", t, h, [out], device, live, input_kept=shared)
     live = live or out.trains or bool(out.lora_r)
     if live:
         _dropout(saved, "hidden dropout mask", t * h, device)
@@ -287,6 +337,35 @@ def _block_output_grad(
 ) -> bool:
     fn = _llama_block if a.family == "llama" else _bert_block
     return fn(Saved(), a, blk, grad_in, b, length, device)
+
+
+def block_transient(a: Arch, b: int, length: int, device: Device) -> int:
+    """The largest working set inside one block's forward that nothing keeps for backward: in a
+    frozen block, all of it; in a trained one, less (what is saved is counted once, above), so
+    this is an upper bound there. The larger of the attention's and the MLP's:
+
+    - MLP: its input and the residual it is added to (two hidden-size tensors) plus, at once,
+      BERT's dense output and GELU output (two intermediate-size tensors), or Llama's SiLU(gate),
+      up and their product (three; gate itself is freed by then);
+    - attention: the block input and q, k, v (four hidden-size tensors), plus the [B, heads, L, L]
+      tensors of the path that runs: on CPU in training BERT's math path holds scores, softmax,
+      dropped probabilities and the float32 dropout noise at once (four); CUDA's float32 Llama
+      path the scores and the softmax (two); the fused kernels none.
+    """
+    t = b * length
+    q_dim = a.heads * a.head_dim
+    square = b * a.heads * length**2 * FP32
+    if a.family == "bert":
+        mlp = 2 * t * a.hidden * FP32 + 2 * t * a.intermediate * FP32
+        attn = 4 * t * a.hidden * FP32
+        if device == "cpu" and a.attention_dropout > 0:
+            attn += 4 * square
+    else:
+        mlp = 2 * t * a.hidden * FP32 + 3 * t * a.intermediate * FP32
+        attn = t * a.hidden * FP32 + 3 * t * q_dim * FP32
+        if device == "cuda":
+            attn += 2 * square
+    return max(mlp, attn)
 
 
 @dataclass(frozen=True)
@@ -336,7 +415,7 @@ def activations(a: Arch, tr: Trainable, b: int, length: int, device: Device) -> 
             blocks_full.add(k, v)
         grad = _block_output_grad(a, blk, grad, b, length, device)
     if a.family == "llama" and any(
-        "sdpa query" in block_saved(a, blk, g, b, length, device).items
+        any(k.startswith("sdpa") for k in block_saved(a, blk, g, b, length, device).items)
         for blk, g in _grad_inputs(a, tr, b, length, device)
     ):
         outside.add("rotary cos, sin", 2 * length * a.head_dim * FP32)

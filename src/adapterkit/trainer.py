@@ -41,7 +41,13 @@ from adapterkit.errors import (
     TrainingError,
     TrainingInterrupted,
 )
-from adapterkit.measure import MemoryMeter, parameter_counts, rss_anon_bytes, rss_file_bytes
+from adapterkit.measure import (
+    MemoryMeter,
+    parameter_counts,
+    release_freed_memory,
+    rss_anon_bytes,
+    rss_file_bytes,
+)
 from adapterkit.stops import StopSignals, is_out_of_memory, out_of_memory_advice, trim_log
 from adapterkit.strategy import trainable_named_parameters
 from adapterkit.train_config import DEFINITIONS, TrainConfig
@@ -231,6 +237,8 @@ def fit(
     seed(cfg.seed)
 
     accelerator = _accelerator(cfg.precision)
+    if cfg.release_memory and accelerator.device.type == "cpu":
+        release_freed_memory()
     if not any(True for _ in trainable_named_parameters(model)):
         raise TrainingError("the model has no trainable parameters; the strategy froze everything")
     if cfg.gradient_checkpointing:
