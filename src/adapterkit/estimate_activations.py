@@ -375,6 +375,7 @@ class Activations:
     saved: int
     saved_checkpointed: int
     detail: dict[str, int]
+    inside_blocks: int = 0  # the forward's largest moment inside a block (see `activations`)
 
 
 def activations(a: Arch, tr: Trainable, b: int, length: int, device: Device) -> Activations:
@@ -406,8 +407,13 @@ def activations(a: Arch, tr: Trainable, b: int, length: int, device: Device) -> 
     blocks_full = Saved()
     in_graph: list[int] = []
     largest = 0
+    working = block_transient(a, b, length, device)
+    inside = 0
     for blk in tr.blocks:
         s = block_saved(a, blk, grad, b, length, device)
+        # Inside this block: what earlier blocks keep, what it keeps, and the part of its working
+        # set that it does not keep (all of it in a frozen block, little in a trained one).
+        inside = max(inside, blocks_full.total + s.total + max(0, working - s.total))
         if grad or blk.any_trains():
             in_graph.append(1)
         largest = max(largest, s.total)
@@ -443,6 +449,7 @@ def activations(a: Arch, tr: Trainable, b: int, length: int, device: Device) -> 
         saved=outside.total + blocks_full.total,
         saved_checkpointed=outside.total + checkpoints + largest,
         detail=detail,
+        inside_blocks=outside.total + inside,
     )
 
 

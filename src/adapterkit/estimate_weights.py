@@ -150,6 +150,7 @@ def weight_bytes(model: nn.Module, quantized: bool, head: tuple[str, ...]) -> di
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     detail: dict[str, int] = {}
     total_params = 0
+    source = 0  # the quantized weights' bytes at the dtype they were read in
     seen: set[int] = set()
     for name, p in inner.named_parameters():
         if id(p) in seen:
@@ -157,6 +158,7 @@ def weight_bytes(model: nn.Module, quantized: bool, head: tuple[str, ...]) -> di
         seen.add(id(p))
         total_params += p.numel()
         if name.replace(".base_layer", "") in quant:
+            source += p.numel() * p.dtype.itemsize
             for k, v in nf4_bytes(p.numel()).items():
                 detail[k] = detail.get(k, 0) + v
         else:
@@ -164,4 +166,9 @@ def weight_bytes(model: nn.Module, quantized: bool, head: tuple[str, ...]) -> di
             if p.dtype.itemsize != 4:
                 key = f"kept {p.dtype}".replace("torch.", "")
             detail[key] = detail.get(key, 0) + p.numel() * p.dtype.itemsize
-    return {"total": sum(detail.values()), "detail": detail, "logical_params": total_params}
+    return {
+        "total": sum(detail.values()),
+        "detail": detail,
+        "logical_params": total_params,
+        "quantized_source_bytes": source,
+    }
