@@ -25,6 +25,7 @@ import json
 import sys
 import tempfile
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -43,7 +44,7 @@ def _label(frames: list[dict]) -> str:
     return "backward" if frames else "no python frame"
 
 
-def _cuda_peak(run: callable) -> tuple[int, int, Counter]:
+def _cuda_peak(run: Callable[[], None]) -> tuple[int, int, Counter]:
     import torch
 
     base = torch.cuda.memory_allocated()
@@ -128,7 +129,7 @@ def main() -> int:
     return 0
 
 
-def _cpu_peak(run: callable) -> tuple[int, int, Counter]:
+def _cpu_peak(run: Callable[[], None]) -> tuple[int, int, Counter]:
     from torch.profiler import ProfilerActivity, profile
     from torch.profiler._memory_profiler import Action, MemoryProfile
 

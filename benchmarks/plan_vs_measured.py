@@ -168,6 +168,7 @@ def run_point(
         "planned_bytes": p.total,
         "error": (p.total - measured) / measured,
         "overrides": list(extra),
+        "model_path": model_path,
         "trainable_params": {"plan": p.trainable_params, "run": metrics["trainable_params"]},
         "components": {k: v for k, v in p.components.items() if not k.endswith("detail")},
     }
@@ -183,7 +184,10 @@ def replan(record: dict[str, Any]) -> dict[str, Any]:
         f"train.batch_size={record['batch_size']}",
         f"task.options.max_length={record['seq_len']}",
         "train.gradient_checkpointing=false",
+        *record.get("overrides", []),
     ]
+    if record.get("model_path"):  # else the embedded model, whose config a copy would share
+        overrides.append(f"model.name={record['model_path']}")
     (p,) = from_recipe(resolve(ROOT / recipe, overrides), None, record["device"])
     measured = record["measured_bytes"]
     return {
@@ -265,7 +269,7 @@ def main() -> int:
         for fut in futures:  # in grid order, each written as soon as it is in
             try:
                 rec = fut.result()
-            except RuntimeError as exc:  # report it, keep the other points
+            except Exception as exc:  # report it, keep the other points
                 print(exc, file=sys.stderr, flush=True)
                 failed += 1
                 continue

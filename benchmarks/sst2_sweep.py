@@ -69,7 +69,9 @@ def run(protocol: str, name: str, datasets: Path, out: Path) -> None:
         "--strategies", strategy, *PROTOCOL_ARGS[protocol], *sets,
         "--out", str(out / f"{protocol}-{name}"),
     ]  # fmt: skip
-    subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True)
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if done.returncode != 0:  # the run's own error row is collected; show why here
+        print(f"{protocol}-{name} failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}", flush=True)
 
 
 def collect(out: Path) -> list[dict]:
@@ -80,6 +82,9 @@ def collect(out: Path) -> list[dict]:
             if not path.exists():
                 continue
             (r,) = json.loads(path.read_text())
+            if "error" in r:
+                print(f"{protocol}-{name}: {r['error']} (left out)")
+                continue
             if r.get("selection") is None:  # rows written before tasks.py recorded it
                 metrics = path.parent / "runs" / f"sst2-{r['strategy']}" / "metrics.json"
                 r["selection"] = json.loads(metrics.read_text())["best_eval"]["accuracy"]

@@ -105,7 +105,11 @@ def markdown(rows: list[dict]) -> str:
             "peak memory | tokens/s | steps | wall time |",
             "|---|---|---|---|---|---|---|---|" + ("---|" if extra else ""),
         ]
-        for r in (r for r in rows if r["task"] == task):
+        order = {s: i for i, s in enumerate(("full", "head", "last_n", "lora", "qlora"))}
+        mine = sorted(
+            (r for r in rows if r["task"] == task), key=lambda r: order.get(r["strategy"], 9)
+        )
+        for r in mine:
             if "error" in r:
                 lines.append(f"| {r['strategy']} | failed: {r['error']} |")
                 continue
@@ -213,7 +217,7 @@ def main() -> int:
             results_path.write_text(json.dumps(rows, indent=2) + "\n")
             (args.out / "results.md").write_text(markdown(rows))
     plots(rows, args.out)
-    return 0
+    return 1 if any("error" in r for r in rows) else 0
 
 
 if __name__ == "__main__":

@@ -25,7 +25,9 @@ every step, and AdamW creates its state at the first step, so from step 2 on it 
 
 where inside_blocks is, at the block where it is largest, what the blocks so far keep plus the
 part of that block's working set (block_transient) it does not keep: all of it in a frozen block,
-which is what decides the peak of a model whose blocks are all frozen.
+which is what decides the peak of a model whose blocks are all frozen. With gradient
+checkpointing, activations_checkpointed + max(logits_and_loss, block_transient) replaces the
+first two terms: recomputation runs one block's forward at a time, working set and all.
 
 Gradients of a block appear in backward as that block's saved tensors are freed, so the two
 terms trade places rather than add up. No factor is fitted to measurements.
@@ -68,7 +70,7 @@ accelerate, bitsandbytes and adapterkit imported, a tiny LoRA model built and on
 (so autograd's and the BLAS thread pools' own memory is in). Measured once as VmRSS of a fresh
 process (`benchmarks/plan_vs_measured.py --measure-runtime`): 458,232 KiB on the 2-core
 development machine, torch 2.13 CPU, transformers 5.23, peft 0.21, bitsandbytes 0.50. CUDA's
-`max_memory_allocated` does not include it, so it is 0 there."""
+`max_memory_allocated` does not include it; the CUDA runtime term is the cuBLAS workspaces."""
 
 CUDA_CUBLAS_WORKSPACE_BYTES = 32 * 2**20
 """cuBLAS workspace torch allocates through its caching allocator, once per (handle, stream), and
@@ -395,7 +397,8 @@ def format_table(plans: list[StrategyPlan], budget: int | None = None) -> str:
         "activations",
         "act. (ckpt)",
         "logits+loss",
-        "block transient",
+        "inside blocks",
+        "mapped ckpt",
         "runtime",
         "total",
         "total (ckpt)",
@@ -414,7 +417,8 @@ def format_table(plans: list[StrategyPlan], budget: int | None = None) -> str:
                 "activations",
                 "activations_checkpointed",
                 "logits_and_loss",
-                "block_transient",
+                "inside_blocks",
+                "checkpoint_mapped",
                 "runtime_overhead",
                 "total",
                 "total_checkpointed",

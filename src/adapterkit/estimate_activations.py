@@ -171,7 +171,9 @@ def _linear_group(
         saved.add(f"{prefix} lora scaling", SCALAR_F64)
 
 
-def _cuda_attention(a: Arch, b: int, length: int) -> tuple[dict[str, int], bool]:
+def _cuda_attention(
+    a: Arch, b: int, length: int, out_keeps_input: bool = False
+) -> tuple[dict[str, int], bool]:
     """What float32 SDPA keeps on CUDA, and whether its output is the storage the output
     projection reads (so that projection keeps nothing more for it).
 
@@ -184,7 +186,9 @@ def _cuda_attention(a: Arch, b: int, length: int) -> tuple[dict[str, int], bool]
     kernel runs: it keeps q, k, v, its output (a transposed view the projection reads as is), a
     log-sum-exp padded to 32 positions, its RNG state and, given a mask, a per-layer copy of it
     with the last dimension padded to 16. A batch of one row has no padding; for more rows the
-    plan cannot know, and takes the larger of the two (seen on an H100, torch 2.11).
+    plan cannot know, and takes the larger of the two, counting the projection's copy of the
+    math path's output when the projection keeps its input (`out_keeps_input`). Seen on an H100,
+    torch 2.11.
     """
     t = b * length
     q_dim = a.heads * a.head_dim
@@ -206,7 +210,8 @@ def _cuda_attention(a: Arch, b: int, length: int) -> tuple[dict[str, int], bool]
         return unpadded, unpadded_shares_output
     bias = b * length * math.ceil(length / CUDA_BIAS_ALIGN) * CUDA_BIAS_ALIGN * FP32
     padded = {**efficient, "sdpa padding mask (aligned copy per layer)": bias}
-    if sum(unpadded.values()) > sum(padded.values()):
+    copy = 0 if unpadded_shares_output or not out_keeps_input else t * q_dim * FP32
+    if sum(unpadded.values()) + copy > sum(padded.values()):
         return unpadded, unpadded_shares_output
     return padded, True
 
@@ -219,11 +224,11 @@ def _llama_block(
     RMSNorm (x * rsqrt(mean(x^2) + eps) * w): when x requires grad, `pow` keeps x and `rsqrt` its
     output (1 value a token); a trained w keeps the normalised x. q/k/v read the norm's output;
     rotary embedding multiplies by cos and sin (kept once for the model, see `_llama_model`).
-    SDPA keeps q, k, v, its output and a float32 log-sum-exp per query and head; a padded batch
-    (several rows) passes a mask, and transformers then repeats k/v to every head (no native GQA
-    with a mask), so k and v are kept at `heads` heads. o_proj reads a contiguous copy of the
-    attention output. The MLP keeps gate (SiLU backward), SiLU(gate) and up (the product's
-    backward); down_proj reads their product.
+    On CPU, SDPA keeps q, k, v, its output and a float32 log-sum-exp per query and head; a padded
+    batch (several rows) passes a mask, and transformers then repeats k/v to every head (no
+    native GQA with a mask), so k and v are kept at `heads` heads; o_proj reads the output's
+    storage. On CUDA, `_cuda_attention` says what is kept. The MLP keeps gate (SiLU backward),
+    SiLU(gate) and up (the product's backward); down_proj reads their product.
     """
     t = b * length
     h, inter = a.hidden, a.intermediate
@@ -238,8 +243,10 @@ def _llama_block(
     _linear_group(saved, "q/k/v", t, h, qkv, device, n1_out)
     attn_in = n1_out or any(x.trains or x.lora_r for x in qkv)
     output_shared = attn_in
+    o = blk.get("o_proj")
     if attn_in and device == "cuda":
-        items, output_shared = _cuda_attention(a, b, length)
+        o_keeps = o.trains or (bool(o.lora_r) and o.lora_dropout == 0)
+        items, output_shared = _cuda_attention(a, b, length, o_keeps)
         for name, nbytes in items.items():
             saved.add(name, nbytes)
     elif attn_in:
@@ -247,11 +254,9 @@ def _llama_block(
         saved.add("sdpa query", t * q_dim * FP32)
         saved.add("sdpa key+value", 2 * b * kv_kept * length * a.head_dim * FP32)
         saved.add("sdpa output", t * q_dim * FP32)
-        lse_len = length if device == "cpu" else math.ceil(length / CUDA_LSE_ALIGN) * CUDA_LSE_ALIGN
-        saved.add("sdpa log-sum-exp", b * a.heads * lse_len * FP32)
+        saved.add("sdpa log-sum-exp", b * a.heads * length * FP32)
         if b > 1:
             saved.add("sdpa padding mask (float32 copy per layer)", b * length**2 * FP32)
-    o = blk.get("o_proj")
     # SDPA returns its output as a transposed view of a [B, L, heads, head_dim] buffer, so the
     # o_proj input (`transpose(1, 2).contiguous()`) is that same storage, already kept by SDPA;
     # CUDA's math path returns [B, heads, L, head_dim], and o_proj reads a new copy.
@@ -349,8 +354,8 @@ def block_transient(a: Arch, b: int, length: int, device: Device) -> int:
       up and their product (three; gate itself is freed by then);
     - attention: the block input and q, k, v (four hidden-size tensors), plus the [B, heads, L, L]
       tensors of the path that runs: on CPU in training BERT's math path holds scores, softmax,
-      dropped probabilities and the float32 dropout noise at once (four); CUDA's float32 Llama
-      path the scores and the softmax (two); the fused kernels none.
+      dropped probabilities and the float32 dropout noise at once (four); CUDA's float32 math
+      path (grouped-query Llama) the scores and the softmax (two); the fused kernels none.
     """
     t = b * length
     q_dim = a.heads * a.head_dim
@@ -363,7 +368,7 @@ def block_transient(a: Arch, b: int, length: int, device: Device) -> int:
     else:
         mlp = 2 * t * a.hidden * FP32 + 3 * t * a.intermediate * FP32
         attn = t * a.hidden * FP32 + 3 * t * q_dim * FP32
-        if device == "cuda":
+        if device == "cuda" and a.kv_heads < a.heads:  # the math path (see _cuda_attention)
             attn += 2 * square
     return max(mlp, attn)
 
@@ -375,7 +380,7 @@ class Activations:
     saved: int
     saved_checkpointed: int
     detail: dict[str, int]
-    inside_blocks: int = 0  # the forward's largest moment inside a block (see `activations`)
+    inside_blocks: int = 0  # saved so far + the unsaved working set, at the largest block
 
 
 def activations(a: Arch, tr: Trainable, b: int, length: int, device: Device) -> Activations:

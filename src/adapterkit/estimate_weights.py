@@ -139,6 +139,17 @@ def quantized_linears(model: nn.Module, head: tuple[str, ...]) -> set[str]:
     return names
 
 
+def _checkpoint_itemsize(config: Any) -> int:
+    """Bytes an element of the checkpoint takes, from the config's `dtype` (`torch_dtype` in older
+    configs); 4 (float32) when the config does not say."""
+    import torch
+
+    dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype, None)
+    return dtype.itemsize if isinstance(dtype, torch.dtype) else 4
+
+
 def weight_bytes(model: nn.Module, quantized: bool, head: tuple[str, ...]) -> dict[str, Any]:
     """Bytes of every parameter (tied ones once) and the logical parameter count.
 
@@ -150,7 +161,8 @@ def weight_bytes(model: nn.Module, quantized: bool, head: tuple[str, ...]) -> di
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     detail: dict[str, int] = {}
     total_params = 0
-    source = 0  # the quantized weights' bytes at the dtype they were read in
+    source = 0  # the quantized weights' bytes at the checkpoint's dtype (config; float32 if none)
+    read_bytes = _checkpoint_itemsize(getattr(inner, "config", None))
     seen: set[int] = set()
     for name, p in inner.named_parameters():
         if id(p) in seen:
@@ -158,7 +170,7 @@ def weight_bytes(model: nn.Module, quantized: bool, head: tuple[str, ...]) -> di
         seen.add(id(p))
         total_params += p.numel()
         if name.replace(".base_layer", "") in quant:
-            source += p.numel() * p.dtype.itemsize
+            source += p.numel() * read_bytes
             for k, v in nf4_bytes(p.numel()).items():
                 detail[k] = detail.get(k, 0) + v
         else:

@@ -87,16 +87,15 @@ def release_freed_memory() -> bool:
     RSS then ends up well above the tensors alive at any moment (measured on this project's
     CPU runs: up to half as much again for LoRA). Setting the threshold also turns the raising
     off. The cost is a fresh, zeroed mapping for every large tensor: slower steps. Not glibc
-    (musl, macOS, Windows): nothing is changed.
+    (musl, macOS, Windows): nothing is changed. The setting is the whole process's and stays
+    for its lifetime.
     """
     import ctypes
-    import ctypes.util
 
-    name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name or "libc.so.6")
-        return bool(libc.mallopt(M_MMAP_THRESHOLD, RELEASE_THRESHOLD))
-    except (OSError, AttributeError):
+        process = ctypes.CDLL(None)  # the C library this process allocates with
+        return bool(process.mallopt(M_MMAP_THRESHOLD, RELEASE_THRESHOLD))
+    except (OSError, AttributeError):  # no mallopt: not glibc
         return False
 
 

@@ -22,6 +22,7 @@ step, so the last checkpoint on disk is the last good state.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import random
 import signal
@@ -51,6 +52,8 @@ from adapterkit.measure import (
 from adapterkit.stops import StopSignals, is_out_of_memory, out_of_memory_advice, trim_log
 from adapterkit.strategy import trainable_named_parameters
 from adapterkit.train_config import DEFINITIONS, TrainConfig
+
+_logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     import torch
@@ -237,8 +240,8 @@ def fit(
     seed(cfg.seed)
 
     accelerator = _accelerator(cfg.precision)
-    if cfg.release_memory and accelerator.device.type == "cpu":
-        release_freed_memory()
+    if cfg.release_memory and accelerator.device.type == "cpu" and not release_freed_memory():
+        _logger.warning("train.release_memory: this C library has no mallopt (not glibc); ignored")
     if not any(True for _ in trainable_named_parameters(model)):
         raise TrainingError("the model has no trainable parameters; the strategy froze everything")
     if cfg.gradient_checkpointing:
