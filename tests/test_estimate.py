@@ -11,8 +11,10 @@ import pytest
 import torch
 
 from adapterkit import testing
-from adapterkit.estimate import CPU_RUNTIME_BYTES, format_table, plan
-from adapterkit.estimate_activations import arch_from_config, block_transient
+from adapterkit.estimate import CPU_RUNTIME_BYTES, plan
+from adapterkit.estimate_activations import block_transient
+from adapterkit.estimate_arch import arch_from_config
+from adapterkit.estimate_report import format_table
 from adapterkit.estimate_weights import model_parts
 from adapterkit.plugins import load_registry
 from adapterkit.strategy import count_parameters, trainable_named_parameters

@@ -237,7 +237,7 @@ def plan(
     as_json: bool,
 ) -> None:
     """Estimate training memory per strategy from the model's config alone (no weights read)."""
-    from adapterkit import estimate
+    from adapterkit import estimate, estimate_report
     from adapterkit.api import quiet_known_notices
     from adapterkit.compare import parse_size
     from adapterkit.recipe import resolve
@@ -252,9 +252,9 @@ def plan(
     names = [s.strip() for s in strategies.split(",") if s.strip()] if strategies else None
     plans = estimate.from_recipe(resolved, names, device)
     if as_json:
-        click.echo(estimate.to_json(plans))
+        click.echo(estimate_report.to_json(plans))
     else:
-        click.echo(estimate.format_table(plans, parse_size(budget) if budget else None))
+        click.echo(estimate_report.format_table(plans, parse_size(budget) if budget else None))
 
 
 @cli.command("eval")

@@ -37,19 +37,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 from typing import TYPE_CHECKING, Any, Literal
 
-from adapterkit.estimate_activations import (
-    FP32,
-    Activations,
-    Block,
-    Linear,
-    Trainable,
-    activations,
-    arch_from_config,
-    block_transient,
-)
+from adapterkit.estimate_activations import Activations, activations, block_transient
+from adapterkit.estimate_arch import FP32, Block, Linear, Trainable, arch_from_config
 from adapterkit.estimate_weights import (
     build_meta_model,
     load_config,
@@ -378,60 +369,4 @@ def from_recipe(recipe: Any, strategies: list[str] | None, device: Device) -> li
     )
 
 
-def _human(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024  # type: ignore[assignment]
-    return str(n)
-
-
-def format_table(plans: list[StrategyPlan], budget: int | None = None) -> str:
-    """A Markdown table: one row per strategy; with a budget, whether it fits and the max batch."""
-    cols = [
-        "strategy",
-        "trainable",
-        "weights",
-        "grads",
-        "optimizer",
-        "activations",
-        "act. (ckpt)",
-        "logits+loss",
-        "inside blocks",
-        "mapped ckpt",
-        "runtime",
-        "total",
-        "total (ckpt)",
-    ]
-    if budget is not None:
-        cols += [f"fits {_human(budget)}", "max batch"]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for p in plans:
-        c = p.components
-        row = [p.strategy, f"{p.trainable_params:,}"] + [
-            _human(c[k])
-            for k in (
-                "weights",
-                "gradients",
-                "optimizer",
-                "activations",
-                "activations_checkpointed",
-                "logits_and_loss",
-                "inside_blocks",
-                "checkpoint_mapped",
-                "runtime_overhead",
-                "total",
-                "total_checkpointed",
-            )
-        ]
-        if budget is not None:
-            row += ["yes" if p.fits(budget) else "no", str(p.max_batch_size(budget))]
-        lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines)
-
-
-def to_json(plans: list[StrategyPlan]) -> str:
-    return json.dumps([p.as_dict() for p in plans], indent=2)
-
-
-__all__ = ["StrategyPlan", "format_table", "from_recipe", "plan", "to_json"]
+__all__ = ["StrategyPlan", "from_recipe", "plan"]

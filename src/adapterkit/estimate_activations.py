@@ -17,119 +17,23 @@ GELU MLP, dropout). Other architectures raise ValueError: the plan is not guesse
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass
 
-FP32 = 4  # bytes of a float32 element: activations, gradients and AdamW moments are float32
-INT64 = 8  # bytes of an int64 element: token ids and targets
-BOOL = 1  # bytes of a bool element: CUDA dropout masks and SDPA padding masks
-SCALAR_F64 = 8  # a 0-dim float64 tensor autograd saves for a Python-float multiply (LoRA scaling)
-CUDA_LSE_ALIGN = 32  # CUDA memory-efficient attention pads its saved log-sum-exp to 32 positions
-CUDA_BIAS_ALIGN = 16  # ... and copies an attention mask with its last dimension padded to 16
-PHILOX_STATE = 2 * INT64  # ... and keeps its RNG seed and offset (two 0-dim int64), dropout or not
-
-Device = Literal["cpu", "cuda"]
-
-LLAMA_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "smollm3", "olmo2", "granite"})
-BERT_TYPES = frozenset({"bert", "roberta", "xlm-roberta", "electra", "camembert"})
-
-
-@dataclass(frozen=True)
-class Arch:
-    """The sizes that decide activation memory, read from a transformers config."""
-
-    family: Literal["llama", "bert"]
-    hidden: int
-    intermediate: int
-    heads: int
-    kv_heads: int
-    head_dim: int
-    vocab: int
-    layers: int
-    hidden_dropout: float = 0.0
-    attention_dropout: float = 0.0
-    max_positions: int = 0
-
-
-def arch_from_config(config: object) -> Arch:
-    """Read the sizes from a config; ValueError for a family whose blocks are not written out."""
-    model_type = getattr(config, "model_type", "")
-    hidden = int(config.hidden_size)  # type: ignore[attr-defined]
-    heads = int(config.num_attention_heads)  # type: ignore[attr-defined]
-    head_dim = int(getattr(config, "head_dim", None) or hidden // heads)
-    common = {
-        "hidden": hidden,
-        "intermediate": int(config.intermediate_size),  # type: ignore[attr-defined]
-        "heads": heads,
-        "head_dim": head_dim,
-        "vocab": int(config.vocab_size),  # type: ignore[attr-defined]
-        "layers": int(config.num_hidden_layers),  # type: ignore[attr-defined]
-        "max_positions": int(getattr(config, "max_position_embeddings", 0) or 0),
-    }
-    if model_type in LLAMA_TYPES:
-        kv = int(getattr(config, "num_key_value_heads", None) or heads)
-        drop = float(getattr(config, "attention_dropout", 0.0) or 0.0)
-        return Arch("llama", kv_heads=kv, attention_dropout=drop, **common)
-    if model_type in BERT_TYPES:
-        return Arch(
-            "bert",
-            kv_heads=heads,
-            hidden_dropout=float(config.hidden_dropout_prob),  # type: ignore[attr-defined]
-            attention_dropout=float(config.attention_probs_dropout_prob),  # type: ignore[attr-defined]
-            **common,
-        )
-    raise ValueError(
-        f"no activation model for model_type {model_type!r}; written out for "
-        f"{', '.join(sorted(LLAMA_TYPES | BERT_TYPES))}"
-    )
-
-
-@dataclass(frozen=True)
-class Linear:
-    """One linear layer of a block as the strategy left it."""
-
-    trains: bool = False  # its base weight trains
-    lora_r: int = 0  # LoRA rank on it (0: not adapted)
-    lora_dropout: float = 0.0
-
-
-@dataclass(frozen=True)
-class Block:
-    """What trains in one block: its linears by role, and whether its norms' weights train."""
-
-    linears: dict[str, Linear] = field(default_factory=dict)
-    norms_train: bool = False
-
-    def get(self, role: str) -> Linear:
-        return self.linears.get(role, Linear())
-
-    def any_trains(self) -> bool:
-        return self.norms_train or any(x.trains or x.lora_r for x in self.linears.values())
-
-
-@dataclass(frozen=True)
-class Trainable:
-    """The strategy's trainable set, as activation memory sees it."""
-
-    embeddings: bool  # the input embeddings train (full; `head` with tied embeddings)
-    blocks: tuple[Block, ...]
-    final_norm: bool  # Llama's norm after the last block trains
-    head: bool  # the task head trains
-    pooled_head: bool = True  # BERT: the head reads the pooled [CLS] row (else every token)
-
-
-@dataclass
-class Saved:
-    """Bytes autograd keeps, by named item (the reason is the name)."""
-
-    items: dict[str, int] = field(default_factory=dict)
-
-    def add(self, name: str, nbytes: int) -> None:
-        self.items[name] = self.items.get(name, 0) + int(nbytes)
-
-    @property
-    def total(self) -> int:
-        return sum(self.items.values())
+from adapterkit.estimate_arch import (
+    BOOL,
+    CUDA_BIAS_ALIGN,
+    CUDA_LSE_ALIGN,
+    FP32,
+    INT64,
+    PHILOX_STATE,
+    SCALAR_F64,
+    Arch,
+    Block,
+    Device,
+    Linear,
+    Saved,
+    Trainable,
+)
 
 
 def _dropout(saved: Saved, name: str, elements: int, device: Device) -> None:
