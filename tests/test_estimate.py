@@ -14,7 +14,6 @@ from adapterkit import testing
 from adapterkit.estimate import CPU_RUNTIME_BYTES, plan
 from adapterkit.estimate_activations import block_transient
 from adapterkit.estimate_arch import arch_from_config
-from adapterkit.estimate_report import format_table
 from adapterkit.estimate_weights import model_parts
 from adapterkit.plugins import load_registry
 from adapterkit.strategy import count_parameters, trainable_named_parameters
@@ -384,56 +383,3 @@ def test_plans_an_8b_config_from_a_bare_config_json_quickly(tmp_path: Path) -> N
     assert p.trainable_params == 32 * 8 * (8192 + 5120 + 5120 + 8192 + 3 * 18432)
     # LoRA activations grow with the batch and dwarf the adapter's own state at this length
     assert p.components["activations"] > 10 * p.components["optimizer"]
-
-
-def test_table_and_json_forms() -> None:
-    plans = plan(_config("bert"), "sequence_classification", ["head", "lora"], None, 2, 8, "cpu")
-    table = format_table(plans, budget=2**30)
-    assert table.count("\n") == 3 and "| head |" in table and "| lora |" in table
-    loaded = json.loads(json.dumps([p.as_dict() for p in plans]))
-    assert loaded[0]["components"]["total"] == plans[0].total
-
-
-def test_plan_command_lists_every_strategy_and_the_budget(tmp_path) -> None:
-    """`adapterkit plan` end to end on a tiny model directory, as JSON and as a table."""
-    import json as _json
-
-    from click.testing import CliRunner
-
-    from adapterkit.cli import cli
-    from adapterkit.testing import save_tiny_llama_dir
-
-    save_tiny_llama_dir(tmp_path / "m")
-    (tmp_path / "d.jsonl").write_text('{"instruction": "hi", "output": "hello"}\n')
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text(
-        f"model: {{name: {tmp_path / 'm'}}}\ntask: {{name: causal_lm, options: {{max_length: 64}}}}\n"
-        "data: {train: d.jsonl}\nstrategy: {name: lora}\ntrain: {batch_size: 4}\n"
-    )
-    names = "full,head,last_n,lora,qlora"
-    args = ["plan", str(recipe), "--strategies", names, "--device", "cpu"]
-    out = CliRunner().invoke(cli, [*args, "--json"])
-    assert out.exit_code == 0, out.output
-    plans = _json.loads(out.output)
-    assert [p["strategy"] for p in plans] == names.split(",")
-    assert all(p["batch_size"] == 4 and p["seq_len"] == 64 for p in plans)
-    table = CliRunner().invoke(cli, [*args, "--budget", "2GiB"])
-    assert table.exit_code == 0 and "fits 2.0 GiB" in table.output, table.output
-
-
-def test_out_of_memory_advice_comes_from_the_plan(tmp_path) -> None:
-    from adapterkit.api import plan_advice
-    from adapterkit.recipe import resolve
-    from adapterkit.testing import save_tiny_llama_dir
-
-    save_tiny_llama_dir(tmp_path / "m")
-    (tmp_path / "d.jsonl").write_text('{"instruction": "hi", "output": "hello"}\n')
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text(
-        f"model: {{name: {tmp_path / 'm'}}}\ntask: {{name: causal_lm}}\n"
-        "data: {train: d.jsonl}\nstrategy: {name: lora}\ntrain: {batch_size: 4}\n"
-    )
-    advice = plan_advice(resolve(recipe))
-    assert "lora at batch 4 x 512 tokens needs about" in advice
-    assert "train.gradient_checkpointing=true" in advice and "largest batch that fits" in advice
-    assert "strategy qlora: about" in advice
