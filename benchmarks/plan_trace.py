@@ -130,35 +130,9 @@ def main() -> int:
 
 
 def _cpu_peak(run: Callable[[], None]) -> tuple[int, int, Counter]:
-    from torch.profiler import ProfilerActivity, profile
-    from torch.profiler._memory_profiler import Action, MemoryProfile
+    from adapterkit.testing import profiled_tensor_peak
 
-    with profile(
-        activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True
-    ) as prof:
-        run()
-    mp = MemoryProfile(prof.profiler.kineto_results)
-    live: dict = {}
-    cur = peak = 0
-    at_peak: dict = {}
-    training = False  # the load (state dict and model side by side) is not the training peak
-    for _, action, (key, version), size in mp.timeline:
-        if key.device.type != "cpu":
-            continue
-        if action in (Action.CREATE, Action.INCREMENT_VERSION, Action.PREEXISTING):
-            old = live.get(key)
-            cur -= old[0] if old else 0
-            category = mp._categories.get(key, version)
-            live[key] = (size, category.name if category is not None else "UNKNOWN")
-            cur += size
-            training = training or live[key][1] == "GRADIENT"
-        elif action == Action.DESTROY and key in live:
-            cur -= live.pop(key)[0]
-        if training and cur > peak:
-            peak, at_peak = cur, dict(live)
-    groups: Counter = Counter()
-    for size, label in at_peak.values():
-        groups[label] += size
+    peak, groups = profiled_tensor_peak(run, preexisting=True, from_first_gradient=True)
     return peak, 0, groups
 
 

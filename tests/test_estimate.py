@@ -293,23 +293,7 @@ def test_block_transient_formula(kind: str, b: int, length: int) -> None:
 def _live_peak_during_forward(model: Any, kind: str, b: int, length: int) -> int:
     """Peak bytes of the tensor storages created during one training forward + loss (so not the
     parameters, which exist before), from the profiler's memory timeline."""
-    from torch.profiler import ProfilerActivity, profile
-    from torch.profiler._memory_profiler import Action, MemoryProfile
-
-    with profile(
-        activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True
-    ) as prof:
-        loss = _loss(kind, model, b, length, pad=False)
-    del loss
-    live: dict = {}
-    cur = peak = 0
-    for _, action, (key, _version), size in MemoryProfile(prof.profiler.kineto_results).timeline:
-        if action in (Action.CREATE, Action.INCREMENT_VERSION):
-            cur += size - live.get(key, 0)
-            live[key] = size
-        elif action == Action.DESTROY and key in live:
-            cur -= live.pop(key)
-        peak = max(peak, cur)
+    peak, _ = testing.profiled_tensor_peak(lambda: _loss(kind, model, b, length, pad=False))
     return peak
 
 

@@ -3,10 +3,25 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from adapterkit import testing
 from adapterkit.estimate import plan
 from adapterkit.estimate_report import format_table
+
+
+def _tiny_lora_recipe(tmp_path: Path, task: str) -> Path:
+    """A LoRA recipe (batch 4) on a tiny Llama directory and a one-row instruction file."""
+    from adapterkit.testing import save_tiny_llama_dir
+
+    save_tiny_llama_dir(tmp_path / "m")
+    (tmp_path / "d.jsonl").write_text('{"instruction": "hi", "output": "hello"}\n')
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        f"model: {{name: {tmp_path / 'm'}}}\ntask: {task}\n"
+        "data: {train: d.jsonl}\nstrategy: {name: lora}\ntrain: {batch_size: 4}\n"
+    )
+    return recipe
 
 
 def test_table_and_json_forms() -> None:
@@ -26,15 +41,8 @@ def test_plan_command_lists_every_strategy_and_the_budget(tmp_path) -> None:
     from click.testing import CliRunner
 
     from adapterkit.cli import cli
-    from adapterkit.testing import save_tiny_llama_dir
 
-    save_tiny_llama_dir(tmp_path / "m")
-    (tmp_path / "d.jsonl").write_text('{"instruction": "hi", "output": "hello"}\n')
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text(
-        f"model: {{name: {tmp_path / 'm'}}}\ntask: {{name: causal_lm, options: {{max_length: 64}}}}\n"
-        "data: {train: d.jsonl}\nstrategy: {name: lora}\ntrain: {batch_size: 4}\n"
-    )
+    recipe = _tiny_lora_recipe(tmp_path, "{name: causal_lm, options: {max_length: 64}}")
     names = "full,head,last_n,lora,qlora"
     args = ["plan", str(recipe), "--strategies", names, "--device", "cpu"]
     out = CliRunner().invoke(cli, [*args, "--json"])
@@ -49,15 +57,8 @@ def test_plan_command_lists_every_strategy_and_the_budget(tmp_path) -> None:
 def test_out_of_memory_advice_comes_from_the_plan(tmp_path) -> None:
     from adapterkit.api import plan_advice
     from adapterkit.recipe import resolve
-    from adapterkit.testing import save_tiny_llama_dir
 
-    save_tiny_llama_dir(tmp_path / "m")
-    (tmp_path / "d.jsonl").write_text('{"instruction": "hi", "output": "hello"}\n')
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text(
-        f"model: {{name: {tmp_path / 'm'}}}\ntask: {{name: causal_lm}}\n"
-        "data: {train: d.jsonl}\nstrategy: {name: lora}\ntrain: {batch_size: 4}\n"
-    )
+    recipe = _tiny_lora_recipe(tmp_path, "{name: causal_lm}")
     advice = plan_advice(resolve(recipe))
     assert "lora at batch 4 x 512 tokens needs about" in advice
     assert "train.gradient_checkpointing=true" in advice and "largest batch that fits" in advice
