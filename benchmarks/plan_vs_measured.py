@@ -110,7 +110,7 @@ def run_point(
     model_path: str | None = None,
     extra: tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    from adapterkit.estimate import from_recipe
+    from adapterkit.plan.memory import from_recipe
     from adapterkit.recipe import resolve
 
     recipe = MODELS[model]["recipe"].format(strategy=strategy)
@@ -176,7 +176,7 @@ def run_point(
 
 def replan(record: dict[str, Any]) -> dict[str, Any]:
     """The record with its plan made again by the current code (the measurement kept)."""
-    from adapterkit.estimate import from_recipe
+    from adapterkit.plan.memory import from_recipe
     from adapterkit.recipe import resolve
 
     recipe = MODELS[record["model"]]["recipe"].format(strategy=record["strategy"])

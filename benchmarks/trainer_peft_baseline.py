@@ -47,7 +47,8 @@ def main() -> None:
         TrainingArguments,
     )
 
-    from adapterkit import measure, models  # only to find the cached weights and read /proc
+    from adapterkit import models  # only to find the cached weights and read /proc
+    from adapterkit.train import measure
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -9,9 +9,15 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from adapterkit import adapter_io
-from adapterkit.adapter_io import MANIFEST, WEIGHTS, check_base, read_adapter, save_adapter
 from adapterkit.errors import AdapterError
+from adapterkit.storage import adapter_format as adapter_io
+from adapterkit.storage.adapter_format import (
+    MANIFEST,
+    WEIGHTS,
+    check_base,
+    read_adapter,
+    save_adapter,
+)
 
 MANIFEST_DATA = {"strategy": {"name": "lora", "options": {"r": 8}}, "base_model": {"name": "b"}}
 

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from adapterkit import compare, compare_report
 from adapterkit.cli import cli
+from adapterkit.compare import report as compare_report
+from adapterkit.compare import runs as compare
 from adapterkit.errors import UserError
 from adapterkit.testing import save_tiny_llama_dir
 

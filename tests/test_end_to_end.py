@@ -57,7 +57,8 @@ def test_lora_run_loads_with_plain_peft_and_matches(lora_run: Path) -> None:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from adapterkit import api, models
+    from adapterkit import api
+    from adapterkit.storage import sources as models
 
     ours = api.load(lora_run)
     base = AutoModelForCausalLM.from_pretrained(models.resolve("smollm2-135m").path)

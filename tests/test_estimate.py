@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from adapterkit import testing
-from adapterkit.estimate import CPU_RUNTIME_BYTES, plan
-from adapterkit.estimate_activations import block_transient
-from adapterkit.estimate_arch import arch_from_config
-from adapterkit.estimate_weights import model_parts
+from adapterkit.plan.activations import block_transient
+from adapterkit.plan.arch import arch_from_config
+from adapterkit.plan.memory import CPU_RUNTIME_BYTES, plan
+from adapterkit.plan.weights import model_parts
 from adapterkit.plugins import load_registry
 from adapterkit.strategy import count_parameters, trainable_named_parameters
 from adapterkit.tasks._common import summed_cross_entropy
@@ -133,8 +133,8 @@ def test_trainable_parameters_match_the_strategy_on_a_real_model(
 def test_gradients_and_adamw_state_match_a_real_step(
     kind: str, strategy: str, options: dict
 ) -> None:
-    from adapterkit.train_config import TrainConfig
-    from adapterkit.trainer import _optimizer
+    from adapterkit.train.config import TrainConfig
+    from adapterkit.train.trainer import _optimizer
 
     model = _real(kind, strategy, options)
     optimizer = _optimizer(model, TrainConfig())
@@ -263,7 +263,7 @@ def test_runtime_overhead_is_the_cpu_process_or_the_cublas_workspaces() -> None:
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_qlora_on_cpu_counts_the_mapped_checkpoint_of_what_it_quantized(kind: str) -> None:
-    from adapterkit.estimate_weights import quantized_linears
+    from adapterkit.plan.weights import quantized_linears
 
     model = _real(kind)
     parts = model_parts(model, _task(kind))

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from adapterkit import api
-from adapterkit.models import resolve as resolve_model
 from adapterkit.recipe import resolve
+from adapterkit.storage.sources import resolve as resolve_model
 from adapterkit.testing import save_tiny_bert_dir, save_tiny_llama_dir
 
 STRATEGIES = {

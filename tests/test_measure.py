@@ -11,7 +11,7 @@ import pytest
 
 _PROBE = """
 import sys, torch
-from adapterkit import measure
+from adapterkit.train import measure
 if sys.argv[1] == "release":
     assert measure.release_freed_memory()
 x = torch.ones(4 * 2**20); del x  # a 16 MiB block freed: glibc raises its threshold to it
@@ -44,7 +44,7 @@ def test_freed_tensors_are_given_back_only_when_asked() -> None:
 def test_release_memory_is_off_by_default_and_checked_in_recipes() -> None:
     from adapterkit.errors import RecipeError
     from adapterkit.recipe import resolve
-    from adapterkit.train_config import TrainConfig
+    from adapterkit.train.config import TrainConfig
 
     assert TrainConfig().release_memory is False
     recipe = Path(__file__).resolve().parents[1] / "recipes/minilm/sst2-lora.yaml"

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from adapterkit import models
 from adapterkit.errors import ModelError
-from adapterkit.models import ModelSource
+from adapterkit.storage import sources as models
+from adapterkit.storage.sources import ModelSource
 
 PROMPT = [{"role": "user", "content": "What is the capital of France?"}]
 
@@ -120,7 +120,7 @@ def test_converted_tokenizer_renders_chatml(smollm2: ModelSource) -> None:
 
 _CONVERT_SCRIPT = textwrap.dedent(
     """
-    from adapterkit import models
+    from adapterkit.storage import sources as models
     src = models.resolve("smollm2-135m")
     print("RESULT", src.path)
     """
@@ -328,7 +328,7 @@ def test_fingerprint_is_same_in_another_process(tmp_path: Path) -> None:
 
 
 def test_import_does_not_import_torch() -> None:
-    code = "import adapterkit.models, sys; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import adapterkit.storage.sources, sys; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

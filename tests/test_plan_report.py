@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 from adapterkit import testing
-from adapterkit.estimate import plan
-from adapterkit.estimate_report import format_table
+from adapterkit.plan.memory import plan
+from adapterkit.plan.report import format_table
 
 
 def _tiny_lora_recipe(tmp_path: Path, task: str) -> Path:

@@ -17,9 +17,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from adapterkit import api, checkpoints, faults
+from adapterkit import api
 from adapterkit.errors import TrainingError, UserError
 from adapterkit.recipe import resolve
+from adapterkit.storage import checkpoints, faults
 from adapterkit.testing import save_tiny_llama_dir
 
 ROWS = [
@@ -174,7 +175,7 @@ def test_resume_refuses_another_recipe_but_allows_more_steps(ws: Path, tmp_path:
 SAVE_SCRIPT = textwrap.dedent(
     """
     import sys, torch
-    from adapterkit.adapter_io import save_adapter
+    from adapterkit.storage.adapter_format import save_adapter
     out, value, keep = sys.argv[1], float(sys.argv[2]), sys.argv[3] == "1"
     tensors = {f"layer{i}.weight": torch.full((64, 64), value + i) for i in range(3)}
     save_adapter(out, tensors, {"value": value}, {"recipe.yaml": b"v: %f\\n" % value},
@@ -249,7 +250,7 @@ CKPT_SCRIPT = textwrap.dedent(
     """
     import os, sys, torch
     from pathlib import Path
-    from adapterkit.checkpoints import save_checkpoint
+    from adapterkit.storage.checkpoints import save_checkpoint
     root, cut = Path(sys.argv[1]), sys.argv[2]
     model = torch.nn.Linear(8, 8)
     opt = torch.optim.AdamW(model.parameters())
@@ -284,7 +285,7 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(tmp_path: 
     from adapterkit.strategy import freeze, trainable_state_dict, unfreeze
     from adapterkit.tasks.causal_lm import CausalLM, Options
     from adapterkit.testing import tiny_llama, tiny_tokenizer
-    from adapterkit.trainer import TrainConfig, fit
+    from adapterkit.train.trainer import TrainConfig, fit
 
     class Diverging(CausalLM):
         calls = 0

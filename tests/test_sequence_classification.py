@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from adapterkit.errors import DataError
-from adapterkit.models import ModelSource
+from adapterkit.storage.sources import ModelSource
 from adapterkit.tasks.sequence_classification import (
     IGNORE,
     Options,

@@ -13,8 +13,8 @@ from adapterkit_strategies import Full, Head, LastN, Lora, Qlora
 from adapterkit_strategies.qlora import disable_cpu_4bit_packing
 from safetensors import safe_open
 
-from adapterkit.adapter_io import WEIGHTS, read_adapter, save_adapter
 from adapterkit.errors import RecipeError
+from adapterkit.storage.adapter_format import WEIGHTS, read_adapter, save_adapter
 from adapterkit.strategy import ModelParts, final_norm, find_blocks
 from adapterkit.testing import save_tiny_llama_dir, tiny_bert_config, tiny_llama_config
 

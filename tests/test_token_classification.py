@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from adapterkit.errors import DataError
-from adapterkit.models import ModelSource
+from adapterkit.storage.sources import ModelSource
 from adapterkit.task import Task
 from adapterkit.tasks.token_classification import (
     IGNORE,

@@ -17,7 +17,7 @@ from adapterkit.errors import PluginError
 from adapterkit.strategy import freeze, trainable_state_dict, unfreeze
 from adapterkit.tasks.causal_lm import CausalLM, Options
 from adapterkit.testing import tiny_llama, tiny_tokenizer
-from adapterkit.trainer import (
+from adapterkit.train.trainer import (
     TrainConfig,
     accumulate_gradients,
     check_adapter_matches_trainable,
@@ -194,7 +194,7 @@ def test_memory_meter_sees_a_new_peak_after_reset():
     code = textwrap.dedent(
         """
         import sys
-        from adapterkit.measure import MemoryMeter, current_rss_bytes
+        from adapterkit.train.measure import MemoryMeter, current_rss_bytes
 
         meter = MemoryMeter("cpu")
         meter.reset()

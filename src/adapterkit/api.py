@@ -20,11 +20,12 @@ from typing import Any
 
 import yaml
 
-from adapterkit import __version__, models
+from adapterkit import __version__
 from adapterkit import options as opts
 from adapterkit.errors import AdapterError, OutOfMemoryError, UserError
 from adapterkit.recipe import Recipe
-from adapterkit.rundir import check_resumable, prepare_out_dir, recover_run_dir
+from adapterkit.storage import sources
+from adapterkit.storage.run_dir import check_resumable, prepare_out_dir, recover_run_dir
 
 log = logging.getLogger("adapterkit")
 
@@ -69,7 +70,7 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _manifest(recipe: Recipe, source: models.ModelSource, task: Any, tokenizer: Any) -> dict:
+def _manifest(recipe: Recipe, source: sources.ModelSource, task: Any, tokenizer: Any) -> dict:
     return {
         "format": "adapterkit-adapter",
         "format_version": 1,
@@ -84,7 +85,7 @@ def _manifest(recipe: Recipe, source: models.ModelSource, task: Any, tokenizer: 
         },
         "base_model": {
             "name": recipe.model.name,
-            "fingerprint": models.fingerprint(source),
+            "fingerprint": sources.fingerprint(source),
             "gguf_sha256": source.gguf_sha256,
             "dtype": recipe.model.dtype,
             "trust_remote_code": recipe.model.trust_remote_code,
@@ -154,8 +155,9 @@ def train(
     written with the same resolved recipe except `train.max_steps`. `resume_hint` ends the message
     of a run stopped by SIGINT/SIGTERM (the CLI passes the exact command).
     """
-    from adapterkit import adapter_io, checkpoints, trainer
     from adapterkit.plugins import load_registry
+    from adapterkit.storage import adapter_format, checkpoints
+    from adapterkit.train import trainer
 
     out_dir = Path(out_dir)
     recover_run_dir(out_dir)
@@ -181,7 +183,7 @@ def train(
     if checkpoint is not None:  # before the model loads: a refusal should cost milliseconds
         check_resumable(checkpoint, recipe)
 
-    source = models.resolve(recipe.model.name)
+    source = sources.resolve(recipe.model.name)
     parts = task.model_parts(source, t_opts)
     trainer.seed(recipe.train.seed)  # a new head's initialisation depends on it
     model, tokenizer = task.load_model(
@@ -204,7 +206,7 @@ def train(
         extra = dict(getattr(strategy, "extra_files", lambda m, o: {})(model, s_opts))
         extra["recipe.yaml"] = resolved_yaml
         tensors = strategy.adapter_state_dict(model, s_opts)
-        return adapter_io.save_adapter(path, tensors, manifest, extra, keep_other_files=True)
+        return adapter_format.save_adapter(path, tensors, manifest, extra, keep_other_files=True)
 
     resume_from = None
     if checkpoint is not None:
@@ -247,7 +249,7 @@ def plan_advice(recipe: Recipe) -> str:
     try:
         import torch
 
-        from adapterkit import estimate
+        from adapterkit.plan import memory
 
         cuda = torch.cuda.is_available()
         device = "cuda" if cuda else "cpu"
@@ -257,7 +259,7 @@ def plan_advice(recipe: Recipe) -> str:
             else __import__("psutil").virtual_memory().total
         )
         names = list(dict.fromkeys([recipe.strategy.name, "qlora"]))
-        plans = {p.strategy: p for p in estimate.from_recipe(recipe, names, device)}
+        plans = {p.strategy: p for p in memory.from_recipe(recipe, names, device)}
     except Exception:  # advice must never hide the real error
         return ""
     own = plans[recipe.strategy.name]
@@ -289,12 +291,12 @@ def _test_metrics(
     `test_eval` is the figure to report: the adapter model selection chose (best/, picked on the
     eval data, else the final one); the test data never influenced that choice.
     """
-    from adapterkit import adapter_io
+    from adapterkit.storage import adapter_format
 
     out: dict[str, Any] = {"test_eval_final": _score(task, model, examples, tokenizer, t_opts)}
     out["test_eval"] = out["test_eval_final"]
-    if (out_dir / "best" / adapter_io.MANIFEST).is_file():
-        _, tensors = adapter_io.read_adapter(out_dir / "best")
+    if (out_dir / "best" / adapter_format.MANIFEST).is_file():
+        _, tensors = adapter_format.read_adapter(out_dir / "best")
         strategy.load_adapter_state_dict(model, tensors, s_opts)
         out["test_eval"] = _score(task, model, examples, tokenizer, t_opts)
     out["definitions"] = {
@@ -312,20 +314,20 @@ def load(adapter_dir: Path, base: str | None = None, trust_remote_code: bool = F
     A base model that needs `trust_remote_code` loads only when the caller passes it: a manifest
     is a file someone handed over, and cannot switch on running a model's code by itself.
     """
-    from adapterkit import adapter_io
     from adapterkit.plugins import load_registry
+    from adapterkit.storage import adapter_format
 
     quiet_known_notices()
     adapter_dir = Path(adapter_dir)
     recover_run_dir(adapter_dir)
-    manifest, tensors = adapter_io.read_adapter(adapter_dir)
-    adapter_io.check_manifest(manifest, f"{adapter_dir}/{adapter_io.MANIFEST}")
+    manifest, tensors = adapter_format.read_adapter(adapter_dir)
+    adapter_format.check_manifest(manifest, f"{adapter_dir}/{adapter_format.MANIFEST}")
     registry = load_registry()
     s_name, t_name = manifest["strategy"]["name"], manifest["task"]["name"]
     base_info = manifest["base_model"]
     if base_info.get("trust_remote_code") and not trust_remote_code:
         raise AdapterError(
-            f"{adapter_dir}/{adapter_io.MANIFEST}: the base model was trained with "
+            f"{adapter_dir}/{adapter_format.MANIFEST}: the base model was trained with "
             "trust_remote_code (it runs Python code shipped with the model); adapterkit does not "
             "run it on an adapter's say-so. Call api.load(..., trust_remote_code=True) if you "
             "trust that model"
@@ -338,8 +340,8 @@ def load(adapter_dir: Path, base: str | None = None, trust_remote_code: bool = F
     if s_err or t_err:
         raise AdapterError(f"{adapter_dir}/adapterkit.json: " + "; ".join(s_err + t_err))
 
-    source = models.resolve(base or base_info["name"])
-    adapter_io.check_base(manifest, models.fingerprint(source), source.name)
+    source = sources.resolve(base or base_info["name"])
+    adapter_format.check_base(manifest, sources.fingerprint(source), source.name)
     parts = task.model_parts(source, t_opts)
     model_cfg = _ModelCfg(
         base_info.get("dtype", "float32"), bool(base_info.get("trust_remote_code"))
@@ -348,8 +350,10 @@ def load(adapter_dir: Path, base: str | None = None, trust_remote_code: bool = F
         source, t_opts, _load_kwargs(strategy, s_opts, parts, model_cfg)
     )
     model = strategy.apply(model, s_opts, parts)
-    adapter_io.check_tensors(
-        tensors, strategy.adapter_state_dict(model, s_opts), str(adapter_dir / adapter_io.WEIGHTS)
+    adapter_format.check_tensors(
+        tensors,
+        strategy.adapter_state_dict(model, s_opts),
+        str(adapter_dir / adapter_format.WEIGHTS),
     )
     strategy.load_adapter_state_dict(model, tensors, s_opts)
     model.eval()
@@ -401,7 +405,7 @@ def generate(
 
         task = load_registry().task("causal_lm")
         t_opts, _ = opts.parse(type(task).Options, {}, "task")
-        m, tok = task.load_model(models.resolve(model), t_opts, {})
+        m, tok = task.load_model(sources.resolve(model), t_opts, {})
         m.eval()
     if not hasattr(task, "generate"):
         raise UserError(f"task '{task.name}' does not generate text; use `adapterkit predict`")

@@ -207,13 +207,13 @@ def compare(
     OVERRIDES are section.key=value for every run, or <strategy>.<option>=value for one (lora.r=16).
     A failed run keeps its row with the reason; the exit status is 2 only when every run failed.
     """
-    from adapterkit import compare as cmp
+    from adapterkit.compare import runs
 
-    limit = cmp.parse_size(memory_limit) if memory_limit else None
+    limit = runs.parse_size(memory_limit) if memory_limit else None
     names = [s.strip() for s in strategies.split(",") if s.strip()]
     out = out or Path("runs") / f"compare-{recipe.stem}"
-    rows = cmp.run(recipe, names, list(overrides), out, not no_progress, limit)
-    text = json.dumps(rows, indent=2, default=str) if as_json else cmp.markdown_table(rows)
+    rows = runs.run(recipe, names, list(overrides), out, not no_progress, limit)
+    text = json.dumps(rows, indent=2, default=str) if as_json else runs.markdown_table(rows)
     click.echo(text.rstrip("\n"))
     if all(r["error"] for r in rows):
         raise UserError(f"every run failed; see the table and {out}/logs/")
@@ -237,9 +237,9 @@ def plan(
     as_json: bool,
 ) -> None:
     """Estimate training memory per strategy from the model's config alone (no weights read)."""
-    from adapterkit import estimate, estimate_report
     from adapterkit.api import quiet_known_notices
-    from adapterkit.compare import parse_size
+    from adapterkit.compare.runs import parse_size
+    from adapterkit.plan import memory, report
     from adapterkit.recipe import resolve
 
     quiet_known_notices()
@@ -250,11 +250,11 @@ def plan(
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
     names = [s.strip() for s in strategies.split(",") if s.strip()] if strategies else None
-    plans = estimate.from_recipe(resolved, names, device)
+    plans = memory.from_recipe(resolved, names, device)
     if as_json:
-        click.echo(estimate_report.to_json(plans))
+        click.echo(report.to_json(plans))
     else:
-        click.echo(estimate_report.format_table(plans, parse_size(budget) if budget else None))
+        click.echo(report.format_table(plans, parse_size(budget) if budget else None))
 
 
 @cli.command("eval")
@@ -288,9 +288,9 @@ def predict(adapter: Path, data: Path, out: Path | None, batch_size: int) -> Non
     if out is None:
         click.echo(text, nl=False)
         return
-    tmp = out.with_name(f".{out.name}.tmp")  # never leave a half-written file under the real name
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(out)
+    from adapterkit.storage.atomic import write_text_atomic
+
+    write_text_atomic(out, text)  # never leave a half-written file under the real name
     click.echo(f"{len(rows)} predictions written to {out}", err=True)
 
 

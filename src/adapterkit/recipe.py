@@ -23,7 +23,7 @@ from pydantic import Field
 from adapterkit import options as opts
 from adapterkit.errors import RecipeError, UserError
 from adapterkit.registry import Registry
-from adapterkit.train_config import TrainConfig
+from adapterkit.train.config import TrainConfig
 
 SECTIONS = ("model", "task", "data", "strategy", "train")
 

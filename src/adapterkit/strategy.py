@@ -74,17 +74,35 @@ class Strategy(Protocol):
         ...
 
 
-# Optional member: `extra_files(model, options) -> dict[str, bytes]` for files written next to the
-# adapter (LoRA writes peft's `adapter_config.json`).
+# ---- optional members, with their defaults ------------------------------------------------------
+# A strategy may also define:
+#   quantized_base: ClassVar[bool]      (default False)
+#       True when `load_kwargs` loads the base with its linear weights in 4-bit NF4 (bitsandbytes);
+#       the planner then counts those weights as NF4, and the OOM advice offers the strategy.
+#   plan_apply(model, options, parts) -> nn.Module      (default: `apply`)
+#       Apply the strategy to a model built on the meta device from its config: no weights, never
+#       quantized. It must leave the same parameters trainable as `apply` leaves on a real model
+#       (QLoRA: the LoRA wrapping, since its `apply` wants a 4-bit model).
+#   extra_files(model, options) -> dict[str, bytes]     (default: none)
+#       Files written next to the adapter (LoRA writes peft's `adapter_config.json`).
+# The core reaches them only through the functions below, never by a strategy's name.
 
-REQUIRED_MEMBERS = (
-    "name",
-    "Options",
-    "load_kwargs",
-    "apply",
-    "adapter_state_dict",
-    "load_adapter_state_dict",
-)
+
+def quantized_base(strategy: Any) -> bool:
+    """Whether the strategy loads its base in 4 bits (`quantized_base`, default False)."""
+    return bool(getattr(strategy, "quantized_base", False))
+
+
+def plan_apply(strategy: Strategy, model: nn.Module, options: Any, parts: ModelParts) -> nn.Module:
+    """`strategy.plan_apply` on a meta-device model, or `apply` when it has none."""
+    apply = getattr(strategy, "plan_apply", None) or strategy.apply
+    return apply(model, options, parts)
+
+
+def extra_files(strategy: Strategy, model: nn.Module, options: Any) -> dict[str, bytes]:
+    """The strategy's `extra_files(model, options)`, or none."""
+    own = getattr(strategy, "extra_files", None)
+    return dict(own(model, options)) if own is not None else {}
 
 
 # ---- helpers -------------------------------------------------------------------------------------

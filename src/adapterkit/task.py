@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from adapterkit.models import ModelSource
+    from adapterkit.storage.sources import ModelSource
     from adapterkit.strategy import ModelParts
 
 
@@ -84,7 +84,46 @@ class Task(Protocol):
         ...
 
 
-# Optional members:
+# ---- optional members, with their defaults ------------------------------------------------------
+# A task may also define:
+#   meta_model(config, options) -> nn.Module
+#       Its model class built from a transformers `config` on the meta device, in float32, no weights
+#       read (the planner applies strategies to it). Without it, `adapterkit plan` cannot plan the task.
+#   logits_bytes(batch, length, config, options) -> int
+#       Bytes of the logits and the loss's copies of them at their largest, for `batch` rows of
+#       `length` tokens. Default: three float32 copies of [batch, length, vocab_size] (a causal LM's).
 #   predict(model, tokenizer, rows, options, batch_size) -> list[dict]   for `adapterkit predict`
 #       (a label and score per row, or a tag per word); rows may lack labels.
 #   generate(model, tokenizer, prompt, options, max_new_tokens) -> str    for `adapterkit generate`
+# The core reaches them only through the functions below, never by a task's name.
+
+
+def meta_model(task: Task, config: Any, options: Any) -> nn.Module:
+    """`task.meta_model(config, options)`; a PluginError naming the task when it has none."""
+    from adapterkit.errors import PluginError
+
+    build = getattr(task, "meta_model", None)
+    if build is None:
+        raise PluginError(
+            f"task '{task.name}' cannot be planned: it has no meta_model(config, options) "
+            "member (its model class built on the meta device)"
+        )
+    return build(config, options)
+
+
+def logits_bytes(task: Task, batch: int, length: int, config: Any, options: Any) -> int:
+    """`task.logits_bytes(...)`, or three float32 copies of [batch, length, vocab_size]."""
+    own = getattr(task, "logits_bytes", None)
+    if own is not None:
+        return int(own(batch, length, config, options))
+    return 3 * batch * length * int(getattr(config, "vocab_size", 0) or 0) * 4
+
+
+def collate_all(
+    task: Task, examples: list[dict], tokenizer: Any, options: Any, size: int
+) -> list[dict[str, torch.Tensor]]:
+    """`examples` as the task's batches of at most `size` rows, in order."""
+    return [
+        task.collate(examples[i : i + size], tokenizer, options)
+        for i in range(0, len(examples), size)
+    ]

@@ -17,7 +17,7 @@ from adapterkit.strategy import ModelParts
 if TYPE_CHECKING:
     from torch import nn
 
-    from adapterkit.models import ModelSource
+    from adapterkit.storage.sources import ModelSource
 
 
 def _auto_class(kind: str) -> Any:

@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from adapterkit.models import ModelSource
+    from adapterkit.storage.sources import ModelSource
 
 log = logging.getLogger("adapterkit")
 

@@ -52,7 +52,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from adapterkit.models import ModelSource
+    from adapterkit.storage.sources import ModelSource
     from adapterkit.strategy import ModelParts
 
 _FORMATS = {".tsv": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl"}

@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from adapterkit.models import ModelSource
+    from adapterkit.storage.sources import ModelSource
     from adapterkit.strategy import ModelParts
 
 log = logging.getLogger("adapterkit")

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from adapterkit.estimate_arch import (
+from adapterkit.plan.arch import (
     BOOL,
     CUDA_BIAS_ALIGN,
     CUDA_LSE_ALIGN,

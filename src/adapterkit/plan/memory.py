@@ -39,9 +39,9 @@ import dataclasses
 import functools
 from typing import TYPE_CHECKING, Any, Literal
 
-from adapterkit.estimate_activations import Activations, activations, block_transient
-from adapterkit.estimate_arch import FP32, Block, Linear, Trainable, arch_from_config
-from adapterkit.estimate_weights import (
+from adapterkit.plan.activations import Activations, activations, block_transient
+from adapterkit.plan.arch import FP32, Block, Linear, Trainable, arch_from_config
+from adapterkit.plan.weights import (
     build_meta_model,
     load_config,
     model_parts,

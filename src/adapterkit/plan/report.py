@@ -6,7 +6,7 @@ import json
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from adapterkit.estimate import StrategyPlan
+    from adapterkit.plan.memory import StrategyPlan
 
 
 def _human(n: int) -> str:

@@ -32,9 +32,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from adapterkit import faults
-from adapterkit.adapter_io import check_tensors
-from adapterkit.checkpoints import json_safe, save_checkpoint, set_rng_state, write_json
 from adapterkit.errors import (
     DataError,
     OutOfMemoryError,
@@ -42,16 +39,20 @@ from adapterkit.errors import (
     TrainingError,
     TrainingInterrupted,
 )
-from adapterkit.measure import (
+from adapterkit.storage import faults
+from adapterkit.storage.adapter_format import check_tensors
+from adapterkit.storage.atomic import json_safe, write_json
+from adapterkit.storage.checkpoints import save_checkpoint, set_rng_state
+from adapterkit.strategy import trainable_named_parameters
+from adapterkit.train.config import DEFINITIONS, TrainConfig
+from adapterkit.train.measure import (
     MemoryMeter,
     parameter_counts,
     release_freed_memory,
     rss_anon_bytes,
     rss_file_bytes,
 )
-from adapterkit.stops import StopSignals, is_out_of_memory, out_of_memory_advice, trim_log
-from adapterkit.strategy import trainable_named_parameters
-from adapterkit.train_config import DEFINITIONS, TrainConfig
+from adapterkit.train.stops import StopSignals, is_out_of_memory, out_of_memory_advice, trim_log
 
 _logger = logging.getLogger(__name__)
 
@@ -387,7 +388,7 @@ def fit(
         )
 
     def last_good() -> str:
-        from adapterkit.checkpoints import latest
+        from adapterkit.storage.checkpoints import latest
 
         found = latest(out_dir / "checkpoints")
         return f"the last good checkpoint, {found}, is kept" if found else "no checkpoint was saved"

@@ -11,7 +11,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from adapterkit.train_config import TrainConfig
+from adapterkit.storage.atomic import write_text_atomic
+from adapterkit.train.config import TrainConfig
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -79,6 +80,4 @@ def trim_log(path: Path, step: int) -> None:
                 kept.append(line + "\n")
         except ValueError:
             break  # a line cut by the crash, and whatever follows it
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(kept))
-    tmp.replace(path)
+    write_text_atomic(path, "".join(kept))

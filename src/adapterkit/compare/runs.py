@@ -29,10 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from adapterkit import options as opts
-from adapterkit.checkpoints import write_json
-from adapterkit.compare_report import markdown_table, pareto_front, plot_losses, plot_pareto
+from adapterkit.compare.report import markdown_table, pareto_front, plot_losses, plot_pareto
 from adapterkit.errors import UserError
 from adapterkit.recipe import SECTIONS, Recipe, load_yaml, resolve
+from adapterkit.storage.atomic import write_json
 
 # Copied from the run's metrics.json under the same name (see train_config.DEFINITIONS).
 METRICS_FIELDS = (

@@ -22,12 +22,12 @@ RUN_FILES = ("log.jsonl", "metrics.json", "best", "checkpoints")
 
 
 def recover_run_dir(out_dir: Path) -> list[str]:
-    """Finish or undo what a crash while saving left in a run directory (see adapter_io.recover)."""
-    from adapterkit import adapter_io, checkpoints
+    """Finish or undo what a crash while saving left in a run directory (see adapter_format.recover)."""
+    from adapterkit.storage import adapter_format, checkpoints
 
-    done = adapter_io.recover(out_dir)
+    done = adapter_format.recover(out_dir)
     if out_dir.is_dir():
-        done += adapter_io.recover(out_dir / "best")
+        done += adapter_format.recover(out_dir / "best")
         checkpoints.recover(out_dir / "checkpoints")
     for line in done:
         log.warning("recovered an interrupted save: %s", line)
@@ -39,8 +39,8 @@ def prepare_out_dir(out_dir: Path, overwrite: bool, resume: bool = False) -> Pat
 
     Returns the checkpoint to resume from (with `resume`), else None.
     """
-    from adapterkit import checkpoints
-    from adapterkit.adapter_io import MANIFEST
+    from adapterkit.storage import checkpoints
+    from adapterkit.storage.adapter_format import MANIFEST
 
     if resume and overwrite:
         raise UserError("--resume and --overwrite contradict each other; give one of them")
@@ -96,7 +96,7 @@ def recipe_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[s
     Compared after a JSON round trip (what the checkpoint went through), so a tuple and a list
     of the same items are equal; keys in RESUMABLE_CHANGES are allowed to differ.
     """
-    from adapterkit.checkpoints import json_safe
+    from adapterkit.storage.atomic import json_safe
 
     a = _flatten(json.loads(json.dumps(json_safe(saved), default=str)))
     b = _flatten(json.loads(json.dumps(json_safe(current), default=str)))
@@ -108,7 +108,7 @@ def recipe_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[s
 
 
 def check_resumable(checkpoint: Path, recipe: Recipe) -> None:
-    from adapterkit import checkpoints
+    from adapterkit.storage import checkpoints
 
     state = checkpoints.read_state(checkpoint)
     saved = state.get("recipe")

@@ -12,16 +12,15 @@ must not be a way to run code either, so RNG states are stored as tensors and pl
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from adapterkit import faults
-from adapterkit.adapter_io import fsync_dir, fsync_file
 from adapterkit.errors import TrainingError
+from adapterkit.storage import faults
+from adapterkit.storage.atomic import fsync_dir, fsync_file, json_safe
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -169,21 +168,3 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         "rng": rng,
         "state": read_state(path),
     }
-
-
-def json_safe(value: Any) -> Any:
-    """JSON has no NaN/Infinity: write them as null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [json_safe(v) for v in value]
-    return value
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON under a temporary name, then rename: readers never see half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(json_safe(data), indent=2, default=str) + "\n")
-    os.replace(tmp, path)

@@ -33,16 +33,16 @@ def load_config(config_or_source: Any) -> Any:
     """A transformers config from a config object, a config.json, a directory or a short name."""
     from transformers import AutoConfig, PretrainedConfig
 
-    from adapterkit import models
+    from adapterkit.storage import sources
 
     if isinstance(config_or_source, PretrainedConfig):
         return config_or_source
     path = Path(str(config_or_source)).expanduser()
     if path.is_file() and path.suffix == ".json":
-        models.set_offline()
+        sources.set_offline()
         return AutoConfig.from_pretrained(str(path.parent) if path.name == "config.json" else path)
-    source = models.resolve(str(config_or_source))
-    return models.load_config(source)
+    source = sources.resolve(str(config_or_source))
+    return sources.load_config(source)
 
 
 _AUTO = {

@@ -24,8 +24,9 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from adapterkit import faults
 from adapterkit.errors import AdapterError
+from adapterkit.storage import faults
+from adapterkit.storage.atomic import fsync_dir, fsync_file
 
 if TYPE_CHECKING:
     import torch
@@ -64,27 +65,6 @@ def _prepare(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor],
         first[key] = name
         out[name] = tensor.detach().to("cpu").clone(memory_format=torch.contiguous_format)
     return out, aliases
-
-
-def fsync_file(path: Path) -> None:
-    """Flush a file's data to disk (before a rename makes it visible)."""
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
-def fsync_dir(path: Path) -> None:
-    """Flush a directory entry (makes renames in it durable)."""
-    # Directory fsync makes renames durable on POSIX; not every platform allows opening a directory.
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _check_extra_name(name: str) -> None:
