@@ -317,7 +317,7 @@ def test_fingerprint_includes_gguf_sha(tmp_path: Path) -> None:
 def test_fingerprint_is_same_in_another_process(tmp_path: Path) -> None:
     src = _tiny(tmp_path / "a")
     code = (
-        "from adapterkit import models; "
+        "from adapterkit.storage import sources as models; "
         f"print(models.fingerprint(models.resolve({str(src.path)!r})))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

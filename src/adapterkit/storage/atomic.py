@@ -35,6 +35,17 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def fsync_tree(root: Path) -> None:
+    """Flush every file under `root`, then every directory in it (deepest first)."""
+    dirs = []
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            fsync_file(Path(dirpath) / name)
+        dirs.append(Path(dirpath))
+    for d in reversed(dirs):
+        fsync_dir(d)
+
+
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     """Write `data` to `path` under a temporary sibling name, then rename it into place."""
     path = Path(path)

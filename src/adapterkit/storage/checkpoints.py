@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from adapterkit.errors import TrainingError
 from adapterkit.storage import faults
-from adapterkit.storage.atomic import fsync_dir, fsync_file, json_safe
+from adapterkit.storage.atomic import fsync_dir, fsync_tree, json_safe
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -95,7 +95,7 @@ def save_checkpoint(
     _save_torch(rng_state(), tmp / "rng.pt")
     (tmp / "trainer_state.json").write_text(json.dumps(json_safe(state), indent=2))
     faults.wrote(tmp / "trainer_state.json")
-    _fsync_tree(tmp)
+    fsync_tree(tmp)
     if final.exists():  # only after a resume that went back past it: replace, never merge
         _discard(final)
     os.replace(tmp, final)  # a crash mid-write leaves a .tmp dir, never a half checkpoint
@@ -111,12 +111,6 @@ def _discard(path: Path) -> None:
     shutil.rmtree(gone, ignore_errors=True)
     os.replace(path, gone)
     shutil.rmtree(gone, ignore_errors=True)
-
-
-def _fsync_tree(path: Path) -> None:
-    for f in path.iterdir():
-        fsync_file(f)
-    fsync_dir(path)
 
 
 def recover(root: Path) -> None:

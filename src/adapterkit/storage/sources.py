@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from adapterkit.errors import ModelError
 from adapterkit.options import closest
+from adapterkit.storage.atomic import fsync_dir, fsync_tree
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
@@ -201,9 +202,9 @@ def convert_gguf(gguf: Path, dest: Path, sha256: str | None = None) -> Path:
         tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=".tmp-"))
         try:
             _write_converted(gguf, sha256, tmp)
-            _fsync_tree(tmp)
+            fsync_tree(tmp)
             os.rename(tmp, dest)
-            _fsync_dir(dest.parent)
+            fsync_dir(dest.parent)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -332,20 +333,3 @@ def _write_converted(gguf: Path, sha256: str, out: Path) -> None:
     tokenizer.save_pretrained(str(out))
     record = {"gguf_file": gguf.name, "gguf_sha256": sha256, "format": "fp32 safetensors"}
     (out / SOURCE_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-
-
-def _fsync_tree(root: Path) -> None:
-    for dirpath, _dirs, files in os.walk(root):
-        for name in files:
-            with open(os.path.join(dirpath, name), "rb") as f:
-                os.fsync(f.fileno())
-        _fsync_dir(Path(dirpath))
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):  # some filesystems refuse fsync on directories
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
