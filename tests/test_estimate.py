@@ -1,8 +1,9 @@
-"""The memory plan (adapterkit.estimate) against real tiny models: every component, exactly."""
+"""The memory plan (adapterkit.plan) against real tiny models: every component, exactly."""
 
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -14,13 +15,22 @@ from adapterkit import testing
 from adapterkit.plan.activations import block_transient
 from adapterkit.plan.arch import arch_from_config
 from adapterkit.plan.memory import CPU_RUNTIME_BYTES, plan
-from adapterkit.plan.weights import model_parts
 from adapterkit.plugins import load_registry
 from adapterkit.strategy import count_parameters, trainable_named_parameters
-from adapterkit.tasks._common import summed_cross_entropy
+from adapterkit.tasks._loss import summed_cross_entropy
 
 STRATEGIES = [("full", {}), ("head", {}), ("last_n", {"n": 1}), ("lora", {}), ("lora", {"r": 4})]
 KINDS = ["llama", "bert"]
+
+
+def model_parts(model: Any, task_name: str) -> Any:
+    """The head as the registered task finds it (`Task.model_parts`), for `model`'s config."""
+    from adapterkit.storage.sources import ModelSource
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model.config.save_pretrained(tmp)
+        task = load_registry().task(task_name)
+        return task.model_parts(ModelSource("test", Path(tmp), None), type(task).Options())
 
 
 def _config(kind: str) -> Any:

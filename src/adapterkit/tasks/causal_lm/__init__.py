@@ -1,0 +1,233 @@
+"""Instruction tuning of a causal language model with its own chat template.
+
+Data: JSONL, one example a line, either
+
+    {"instruction": "...", "input": "... (optional)", "output": "..."}
+    {"messages": [{"role": "system"|"user"|"assistant", "content": "..."}, ...]}  # last: assistant
+
+Each row is rendered with the tokenizer's chat template, exactly as `generate` renders a prompt.
+Only the final assistant turn's content and its end-of-turn token are trained on; the system
+prompt, the user turn, the assistant header and anything the template adds after the end-of-turn
+token (ChatML's trailing newline) are masked with -100.
+
+Torch and transformers are imported lazily so that listing tasks stays instant.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, cast
+
+from pydantic import Field
+
+from adapterkit.errors import ModelError
+from adapterkit.strategy import ModelParts
+from adapterkit.tasks import _batching, _io, _models
+from adapterkit.tasks._loss import IGNORE, count_targets, summed_cross_entropy
+from adapterkit.tasks.causal_lm import chat
+from adapterkit.tasks.causal_lm.chat import end_of_turn_ids
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+    from transformers import PretrainedConfig, PreTrainedModel
+
+    from adapterkit.storage.sources import ModelSource
+
+__all__ = ["IGNORE", "CausalLM", "Encoded", "Options", "end_of_turn_ids"]
+
+log = logging.getLogger("adapterkit")
+_KIND = "CausalLM"
+
+
+@dataclass
+class Options:
+    max_length: Annotated[
+        int,
+        Field(ge=8, description="Tokens per example (prompt + response); longer ones are cut."),
+    ] = 512
+    system_prompt: Annotated[
+        str | None,
+        Field(description="System message for every example; None keeps the template's default."),
+    ] = None
+
+
+class Encoded(list):
+    """The list `encode` returns; `.dropped` counts rows left with no response token to train."""
+
+    dropped: int = 0
+
+
+def _response_example(full: list[int], prompt: list[int], eot: set[int], eos: Any) -> dict:
+    """input_ids up to the response's end-of-turn token; labels IGNORE on the prompt."""
+    # The response ends at the first end-of-turn token after the prompt; what follows (a newline
+    # the template adds) is not something the model should learn to emit.
+    end = next((j for j in range(len(prompt), len(full)) if full[j] in eot), None)
+    if end is None:  # a template that does not close the turn: teach eos ourselves
+        full = [*full, int(eos)]
+        end = len(full) - 1
+    ids = full[: end + 1]
+    return {"input_ids": ids, "labels": [IGNORE] * len(prompt) + ids[len(prompt) :]}
+
+
+class CausalLM:
+    name: ClassVar[str] = "causal_lm"
+    Options: ClassVar[type] = Options
+    description: ClassVar[str] = (
+        "Instruction tuning of a causal LM with its chat template; loss on the response only."
+    )
+    selection_metric: ClassVar[str] = "eval_loss"
+    higher_is_better: ClassVar[bool] = False
+
+    # ---- model ----------------------------------------------------------------------------------
+
+    def meta_model(self, config: PretrainedConfig, options: Options) -> nn.Module:
+        """`AutoModelForCausalLM` from `config` on the meta device, in float32 (no weights)."""
+        return _models.meta_model(_KIND, config)
+
+    def model_parts_of(self, model: nn.Module) -> ModelParts:
+        """The output-embeddings module's name on a built model (the pretrained LM head)."""
+        head = cast("PreTrainedModel", model).get_output_embeddings()
+        for name, module in model.named_modules():
+            if module is head and name:
+                return ModelParts(head=(name,), new_head=False)
+        raise ModelError(f"{type(model).__name__} has no output embeddings to call its LM head")
+
+    def model_parts(self, source: ModelSource, options: Options) -> ModelParts:
+        """The LM head's name, found on a weightless (meta device) model."""
+        return self.model_parts_of(self.meta_model(_models.config_of(source), options))
+
+    def logits_bytes(
+        self, batch: int, length: int, config: PretrainedConfig, options: Options
+    ) -> int:
+        """The float32 logits and the copies the summed cross entropy makes, at their largest.
+
+        Batch x length x vocabulary x 4 bytes each: the head's logits [B, L, V]; the shifted
+        `logits[:, :-1]` made contiguous for the flattening reshape [B, L-1, V]; and log_softmax's
+        output [B, L-1, V], which autograd keeps for backward. All three are alive when
+        log_softmax returns; in backward, the kept output, nll's gradient and log_softmax's
+        gradient (three [B, L-1, V]) are alive together, slightly less.
+        """
+        return (batch * length + 2 * batch * (length - 1)) * int(config.vocab_size) * 4
+
+    def load_model(
+        self, source: ModelSource, options: Options, load_kwargs: dict[str, Any]
+    ) -> tuple[nn.Module, Any]:
+        return _models.load_pretrained(_KIND, source, "a causal LM", load_kwargs)
+
+    # ---- data -----------------------------------------------------------------------------------
+
+    def read(self, path: Path, options: Options) -> list[dict[str, Any]]:
+        """Rows as chat messages: [{"messages": [...]}, ...]; errors name the file and line."""
+        path = Path(path)
+        return [
+            {"messages": chat.row_messages(row, path, lineno)}
+            for lineno, row in _io.read_jsonl(path)
+        ]
+
+    def _messages(self, row: dict[str, Any], options: Options, index: int = 0) -> chat.Messages:
+        # Rows from `read` are already messages; rows built in Python are checked here.
+        msgs = row["messages"] if "messages" in row else chat.row_messages(row, Path("rows"), index)
+        if options.system_prompt is not None and msgs[0]["role"] != "system":
+            msgs = [{"role": "system", "content": options.system_prompt}, *msgs]
+        return msgs
+
+    def _render(self, tokenizer: Any, messages: chat.Messages, prompt: bool) -> list[int]:
+        return chat.token_ids(tokenizer, chat.chat_text(tokenizer, messages, prompt))
+
+    def setup(self, rows: list[dict[str, Any]], options: Options) -> Options:
+        return options  # nothing is derived from the data
+
+    def encode(self, rows: list[dict[str, Any]], tokenizer: Any, options: Options) -> Encoded:
+        """Tokenize rows into {"input_ids", "labels"}; returns an `Encoded` list with `.dropped`."""
+        eot = set(end_of_turn_ids(tokenizer))
+        out = Encoded()
+        for i, row in enumerate(rows):
+            prompt, full = chat.prompt_and_full(tokenizer, self._messages(row, options, i), i)
+            ex = _response_example(full, prompt, eot, tokenizer.eos_token_id)
+            ex = {k: v[: options.max_length] for k, v in ex.items()}
+            if all(x == IGNORE for x in ex["labels"]):
+                out.dropped += 1
+                continue
+            out.append(ex)
+        if out.dropped:
+            log.warning(
+                "%d of %d examples dropped: their prompt fills max_length=%d, leaving no response "
+                "token to train on; raise max_length or shorten the prompts",
+                out.dropped,
+                len(rows),
+                options.max_length,
+            )
+        return out
+
+    def collate(
+        self, examples: list[dict], tokenizer: Any, options: Options
+    ) -> dict[str, torch.Tensor]:
+        """Right-pad; padding is marked by the attention mask and -100 labels, never by token id."""
+        return _batching.pad_batch(examples, tokenizer, {"labels": IGNORE})
+
+    # ---- loss and metrics -----------------------------------------------------------------------
+
+    def targets(self, batch: dict[str, torch.Tensor]) -> int:
+        # Position t predicts token t+1, so the first label is never a target.
+        return count_targets(batch["labels"][:, 1:])
+
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Summed cross entropy over the shifted targets, in float32."""
+        out = model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+        )
+        return summed_cross_entropy(out.logits[:, :-1, :].float(), batch["labels"][:, 1:])
+
+    def evaluate(
+        self, model: nn.Module, batches: list[dict[str, torch.Tensor]], options: Options
+    ) -> dict:
+        """Mean loss per target token over the whole set (so batch size does not change it)."""
+        sums = _batching.map_batches(
+            model, batches, lambda b: (float(self.loss(model, b)), self.targets(b))
+        )
+        total, count = sum(s for s, _ in sums), sum(n for _, n in sums)
+        mean = total / count if count else float("nan")
+        return {
+            "eval_loss": mean,
+            "perplexity": math.exp(mean) if count and mean < 700 else float("inf"),
+            "eval_tokens": count,
+        }
+
+    def manifest(self, options: Options, tokenizer: Any) -> dict[str, Any]:
+        return {
+            "prompt_format": "chat_template",
+            "chat_template": tokenizer.chat_template,
+            "system_prompt": options.system_prompt,
+            "eos_token": tokenizer.eos_token,
+        }
+
+    # ---- inference ------------------------------------------------------------------------------
+
+    def generate(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        prompt: str,
+        options: Options,
+        max_new_tokens: int = 128,
+    ) -> str:
+        """Greedy reply to `prompt`, rendered as in training; stops at the end-of-turn token."""
+        import torch
+
+        msgs = self._messages({"messages": [{"role": "user", "content": prompt}]}, options)
+        ids = self._render(tokenizer, msgs, prompt=True)
+        with _batching.inference(model) as device:
+            input_ids = torch.tensor([ids], dtype=torch.long, device=device)
+            out = cast(Any, model).generate(
+                input_ids=input_ids,
+                attention_mask=torch.ones_like(input_ids),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                eos_token_id=end_of_turn_ids(tokenizer),
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        return tokenizer.decode(out[0, len(ids) :], skip_special_tokens=True).strip()
