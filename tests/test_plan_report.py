@@ -55,7 +55,7 @@ def test_plan_command_lists_every_strategy_and_the_budget(tmp_path) -> None:
 
 
 def test_out_of_memory_advice_comes_from_the_plan(tmp_path) -> None:
-    from adapterkit.api import plan_advice
+    from adapterkit.plan.report import plan_advice
     from adapterkit.recipe import resolve
 
     recipe = _tiny_lora_recipe(tmp_path, "{name: causal_lm}")

@@ -56,6 +56,7 @@ class Qlora:
     """
 
     name: ClassVar[str] = "qlora"
+    quantized_base: ClassVar[bool] = True
     description: ClassVar[str] = (
         "QLoRA: LoRA on a 4-bit NF4 base (bitsandbytes; CPU works too); the head is never "
         "quantized. Least memory; saves a peft-compatible adapter."
@@ -93,6 +94,12 @@ class Qlora:
             )
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
         disable_cpu_4bit_packing(model)
+        return wrap_lora(model, options, parts)
+
+    def plan_apply(self, model: nn.Module, options: Any, parts: ModelParts) -> nn.Module:
+        """On a meta-device model (never 4-bit), the trainable set is LoRA's on the same base:
+        `prepare_model_for_kbit_training` only freezes and casts, so the wrapping `apply` ends with
+        is applied directly."""
         return wrap_lora(model, options, parts)
 
     def adapter_state_dict(self, model: nn.Module, options: Any) -> dict[str, torch.Tensor]:

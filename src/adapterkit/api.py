@@ -1,4 +1,4 @@
-"""The Python API: the data flow of DESIGN.md composed once. The CLI and `compare` call these.
+"""The Python API: the data flow (docs/architecture.md) composed once. The CLI and `compare` call it.
 
 from adapterkit import api
 from adapterkit.recipe import resolve
@@ -22,10 +22,13 @@ import yaml
 
 from adapterkit import __version__
 from adapterkit import options as opts
+from adapterkit.build import LoadSettings, build_model
 from adapterkit.errors import AdapterError, OutOfMemoryError, UserError
 from adapterkit.recipe import Recipe
 from adapterkit.storage import sources
 from adapterkit.storage.run_dir import check_resumable, prepare_out_dir, recover_run_dir
+from adapterkit.strategy import extra_files
+from adapterkit.task import Task, collate_all
 
 log = logging.getLogger("adapterkit")
 
@@ -94,21 +97,24 @@ def _manifest(recipe: Recipe, source: sources.ModelSource, task: Any, tokenizer:
     }
 
 
-def _load_kwargs(strategy: Any, strategy_options: Any, parts: Any, model_cfg: Any) -> dict:
-    import torch
-
-    kwargs = {"dtype": getattr(torch, model_cfg.dtype)}
-    if model_cfg.trust_remote_code:
-        kwargs["trust_remote_code"] = True
-    kwargs.update(strategy.load_kwargs(strategy_options, parts))
-    return kwargs
-
-
 def _read(task: Any, path: str | None, task_options: Any, limit: int | None = None) -> list[dict]:
     if path is None:
         return []
     rows = task.read(Path(path), task_options)
     return rows[:limit] if limit else rows
+
+
+def _read_data(task: Task, recipe: Recipe) -> tuple[list[dict], list[dict], list[dict]]:
+    """(train, eval, test) rows as the recipe's data section says: the holdout split off the
+    training file, the row limits applied. The test rows never take part in selection."""
+    data, t_opts = recipe.data, recipe.task.options
+    train_rows = _read(task, data.train, t_opts)
+    eval_rows = _read(task, data.eval, t_opts)
+    if data.holdout:
+        train_rows, eval_rows = _holdout(train_rows, data.holdout, data.train)
+    train_rows = train_rows[: data.max_train_rows] if data.max_train_rows else train_rows
+    eval_rows = eval_rows[: data.max_eval_rows] if data.max_eval_rows else eval_rows
+    return train_rows, eval_rows, _read(task, data.test, t_opts)
 
 
 def _holdout(rows: list[dict], n: int, where: str) -> tuple[list[dict], list[dict]]:
@@ -123,20 +129,13 @@ def _holdout(rows: list[dict], n: int, where: str) -> tuple[list[dict], list[dic
     return [r for i, r in enumerate(rows) if i not in held], [rows[i] for i in sorted(held)]
 
 
-def _batches(task: Any, examples: list[dict], tokenizer: Any, options: Any, size: int) -> list:
-    return [
-        task.collate(examples[i : i + size], tokenizer, options)
-        for i in range(0, len(examples), size)
-    ]
-
-
 def _score(task: Any, model: Any, examples: list[dict], tokenizer: Any, options: Any) -> dict:
     import torch
 
     was_training = model.training
     model.eval()
     with torch.no_grad():
-        metrics = task.evaluate(model, _batches(task, examples, tokenizer, options, 16), options)
+        metrics = task.evaluate(model, collate_all(task, examples, tokenizer, options, 16), options)
     model.train(was_training)
     return metrics
 
@@ -155,6 +154,7 @@ def train(
     written with the same resolved recipe except `train.max_steps`. `resume_hint` ends the message
     of a run stopped by SIGINT/SIGTERM (the CLI passes the exact command).
     """
+    from adapterkit.plan import report
     from adapterkit.plugins import load_registry
     from adapterkit.storage import adapter_format, checkpoints
     from adapterkit.train import trainer
@@ -170,26 +170,18 @@ def train(
     s_opts = recipe.strategy.options
 
     # Read data before the model: a bad line should cost milliseconds, not a model load.
-    data = recipe.data
-    train_rows = _read(task, data.train, recipe.task.options)
-    eval_rows = _read(task, data.eval, recipe.task.options)
-    if data.holdout:
-        train_rows, eval_rows = _holdout(train_rows, data.holdout, data.train)
-    train_rows = train_rows[: data.max_train_rows] if data.max_train_rows else train_rows
-    eval_rows = eval_rows[: data.max_eval_rows] if data.max_eval_rows else eval_rows
-    test_rows = _read(task, data.test, recipe.task.options)
+    train_rows, eval_rows, test_rows = _read_data(task, recipe)
     t_opts = task.setup(train_rows, recipe.task.options)  # e.g. label names, for the head size
     recipe = dataclasses.replace(recipe, task=dataclasses.replace(recipe.task, options=t_opts))
     if checkpoint is not None:  # before the model loads: a refusal should cost milliseconds
         check_resumable(checkpoint, recipe)
 
     source = sources.resolve(recipe.model.name)
-    parts = task.model_parts(source, t_opts)
-    trainer.seed(recipe.train.seed)  # a new head's initialisation depends on it
-    model, tokenizer = task.load_model(
-        source, t_opts, _load_kwargs(strategy, s_opts, parts, recipe.model)
+    # Seeded just before the weights load: a new head's initialisation depends on it.
+    built = build_model(
+        source, task, t_opts, strategy, s_opts, recipe.model, seed=recipe.train.seed
     )
-    model = strategy.apply(model, s_opts, parts)
+    model, tokenizer = built.model, built.tokenizer
 
     train_examples = task.encode(train_rows, tokenizer, t_opts)
     eval_examples = task.encode(eval_rows, tokenizer, t_opts) if eval_rows else None
@@ -203,7 +195,7 @@ def train(
     resolved_yaml = yaml.safe_dump(recipe.to_dict(), sort_keys=False).encode()
 
     def save(model: Any, path: Path) -> int:
-        extra = dict(getattr(strategy, "extra_files", lambda m, o: {})(model, s_opts))
+        extra = extra_files(strategy, model, s_opts)
         extra["recipe.yaml"] = resolved_yaml
         tensors = strategy.adapter_state_dict(model, s_opts)
         return adapter_format.save_adapter(path, tensors, manifest, extra, keep_other_files=True)
@@ -232,7 +224,7 @@ def train(
             resume_hint=hint,
         )
     except OutOfMemoryError as exc:
-        raise OutOfMemoryError(f"{exc}\n{plan_advice(recipe)}") from exc
+        raise OutOfMemoryError(f"{exc}\n{report.plan_advice(recipe)}") from exc
     if test_examples:
         extra = _test_metrics(
             model, strategy, s_opts, task, test_examples, tokenizer, t_opts, out_dir
@@ -241,39 +233,6 @@ def train(
         metrics.update(extra)
         trainer.write_json(out_dir / "metrics.json", metrics)
     return metrics
-
-
-def plan_advice(recipe: Recipe) -> str:
-    """What `adapterkit plan` says about this recipe: its peak, with checkpointing, with qlora,
-    and the largest batch that fits this machine's memory. Empty if the planner cannot tell."""
-    try:
-        import torch
-
-        from adapterkit.plan import memory
-
-        cuda = torch.cuda.is_available()
-        device = "cuda" if cuda else "cpu"
-        budget = (
-            torch.cuda.get_device_properties(0).total_memory
-            if cuda
-            else __import__("psutil").virtual_memory().total
-        )
-        names = list(dict.fromkeys([recipe.strategy.name, "qlora"]))
-        plans = {p.strategy: p for p in memory.from_recipe(recipe, names, device)}
-    except Exception:  # advice must never hide the real error
-        return ""
-    own = plans[recipe.strategy.name]
-    gib = 2**30
-    lines = [
-        f"plan for {device} ({budget / gib:.1f} GiB): {own.strategy} at batch {own.batch_size} "
-        f"x {own.seq_len} tokens needs about {own.peak(False) / gib:.1f} GiB, "
-        f"{own.peak(True) / gib:.1f} GiB with train.gradient_checkpointing=true; "
-        f"largest batch that fits: {own.max_batch_size(budget, checkpointed=False)} "
-        f"({own.max_batch_size(budget, checkpointed=True)} with checkpointing)"
-    ]
-    if "qlora" in plans and own.strategy != "qlora":
-        lines.append(f"strategy qlora: about {plans['qlora'].peak(False) / gib:.1f} GiB")
-    return "\n".join(lines)
 
 
 def _test_metrics(
@@ -342,14 +301,11 @@ def load(adapter_dir: Path, base: str | None = None, trust_remote_code: bool = F
 
     source = sources.resolve(base or base_info["name"])
     adapter_format.check_base(manifest, sources.fingerprint(source), source.name)
-    parts = task.model_parts(source, t_opts)
-    model_cfg = _ModelCfg(
+    settings = LoadSettings(
         base_info.get("dtype", "float32"), bool(base_info.get("trust_remote_code"))
     )
-    model, tokenizer = task.load_model(
-        source, t_opts, _load_kwargs(strategy, s_opts, parts, model_cfg)
-    )
-    model = strategy.apply(model, s_opts, parts)
+    built = build_model(source, task, t_opts, strategy, s_opts, settings)
+    model, tokenizer = built.model, built.tokenizer
     adapter_format.check_tensors(
         tensors,
         strategy.adapter_state_dict(model, s_opts),
@@ -360,12 +316,6 @@ def load(adapter_dir: Path, base: str | None = None, trust_remote_code: bool = F
     return Loaded(model, tokenizer, task, t_opts, strategy, s_opts, manifest)
 
 
-@dataclasses.dataclass
-class _ModelCfg:
-    dtype: str
-    trust_remote_code: bool
-
-
 def evaluate(adapter_dir: Path, data: Path, batch_size: int = 8) -> dict[str, Any]:
     """The task's metrics for an adapter on a data file in the task's training format."""
     loaded = load(adapter_dir)
@@ -373,7 +323,7 @@ def evaluate(adapter_dir: Path, data: Path, batch_size: int = 8) -> dict[str, An
     examples = loaded.task.encode(rows, loaded.tokenizer, loaded.task_options)
     if not examples:
         raise UserError(f"{data}: no usable rows")
-    batches = _batches(loaded.task, examples, loaded.tokenizer, loaded.task_options, batch_size)
+    batches = collate_all(loaded.task, examples, loaded.tokenizer, loaded.task_options, batch_size)
     import torch
 
     with torch.no_grad():
@@ -401,15 +351,27 @@ def generate(
         loaded = load(adapter)
         task, t_opts, m, tok = loaded.task, loaded.task_options, loaded.model, loaded.tokenizer
     else:
-        from adapterkit.plugins import load_registry
-
-        task = load_registry().task("causal_lm")
+        task = _generating_task()
         t_opts, _ = opts.parse(type(task).Options, {}, "task")
         m, tok = task.load_model(sources.resolve(model), t_opts, {})
         m.eval()
     if not hasattr(task, "generate"):
         raise UserError(f"task '{task.name}' does not generate text; use `adapterkit predict`")
     return task.generate(m, tok, prompt, t_opts, max_new_tokens=max_new_tokens)
+
+
+def _generating_task() -> Any:
+    """The one registered task that generates text (has `generate`), for a bare base model."""
+    from adapterkit.plugins import load_registry
+
+    registry = load_registry()
+    names = [n for n in registry.names("task") if hasattr(registry.classes["task"][n], "generate")]
+    if len(names) != 1:
+        raise UserError(
+            "a base model without an adapter needs the one task that generates text; "
+            f"registered tasks that generate: {', '.join(names) or 'none'}"
+        )
+    return registry.task(names[0])
 
 
 def summary(metrics: dict[str, Any], out_dir: Path) -> str:

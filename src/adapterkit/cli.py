@@ -41,7 +41,7 @@ class _Group(click.Group):
 @click.version_option(package_name="adapterkit")
 @click.pass_context
 def cli(ctx: click.Context, debug: bool) -> None:
-    """Fine-tune language models with interchangeable strategies (full, head, last_n, lora, qlora).
+    """Fine-tune language models with interchangeable, pluggable strategies.
 
     Start with `adapterkit train recipes/smollm2/lora.yaml`; list what is installed with
     `adapterkit strategies`, `adapterkit tasks` and `adapterkit plugins`.
@@ -185,9 +185,7 @@ def train(
 @click.argument("overrides", nargs=-1)
 @click.option(
     "--strategies",
-    default="full,head,last_n,lora,qlora",
-    show_default=True,
-    help="Comma-separated strategies to run, in this order.",
+    help="Comma-separated strategies to run, in this order [every registered one, by name].",
 )
 @click.option("--out", type=click.Path(path_type=Path), help="[runs/compare-<recipe>].")
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON, not a table.")
@@ -196,7 +194,7 @@ def train(
 def compare(
     recipe: Path,
     overrides: tuple[str, ...],
-    strategies: str,
+    strategies: str | None,
     out: Path | None,
     as_json: bool,
     memory_limit: str | None,
@@ -210,6 +208,10 @@ def compare(
     from adapterkit.compare import runs
 
     limit = runs.parse_size(memory_limit) if memory_limit else None
+    if strategies is None:
+        from adapterkit.plugins import load_registry
+
+        strategies = ",".join(load_registry().names("strategy"))
     names = [s.strip() for s in strategies.split(",") if s.strip()]
     out = out or Path("runs") / f"compare-{recipe.stem}"
     rows = runs.run(recipe, names, list(overrides), out, not no_progress, limit)

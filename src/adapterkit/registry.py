@@ -11,36 +11,28 @@ from typing import Any, Literal
 
 from adapterkit.errors import PluginError, UserError
 from adapterkit.options import closest
+from adapterkit.strategy import Strategy
+from adapterkit.task import Task
 
 Kind = Literal["strategy", "task"]
 
-# Members each kind of class must have (checked at registration, so a broken plugin fails at load).
-REQUIRED: dict[str, tuple[str, ...]] = {
-    "strategy": (
-        "name",
-        "Options",
-        "load_kwargs",
-        "apply",
-        "adapter_state_dict",
-        "load_adapter_state_dict",
-    ),
-    "task": (
-        "name",
-        "Options",
-        "selection_metric",
-        "higher_is_better",
-        "model_parts",
-        "load_model",
-        "read",
-        "setup",
-        "encode",
-        "collate",
-        "targets",
-        "loss",
-        "evaluate",
-        "manifest",
-    ),
+
+def protocol_members(protocol: type) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(attributes, methods) a Protocol class declares: its annotations, and the functions in its
+    body. Optional members are not declared there (see strategy.py and task.py), so these are
+    exactly what a plugin class must have."""
+    attributes = tuple(vars(protocol).get("__annotations__", {}))
+    methods = tuple(n for n, v in vars(protocol).items() if callable(v) and not n.startswith("_"))
+    return attributes, methods
+
+
+_PROTOCOLS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "strategy": protocol_members(Strategy),
+    "task": protocol_members(Task),
 }
+
+# Members each kind of class must have (checked at registration, so a broken plugin fails at load).
+REQUIRED: dict[str, tuple[str, ...]] = {k: a + m for k, (a, m) in _PROTOCOLS.items()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,9 +101,7 @@ def _protocol_problems(kind: Kind, cls: Any) -> list[str]:
     options = getattr(cls, "Options", None)
     if options is not None and not dataclasses.is_dataclass(options):
         problems.append("'Options' must be a dataclass")
-    for member in REQUIRED[kind]:
-        if member in ("name", "Options", "selection_metric", "higher_is_better"):
-            continue
+    for member in _PROTOCOLS[kind][1]:
         if hasattr(cls, member) and not callable(getattr(cls, member)):
             problems.append(f"'{member}' must be a method")
     return problems

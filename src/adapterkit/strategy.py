@@ -46,7 +46,6 @@ class Strategy(Protocol):
 
     name: ClassVar[str]
     Options: ClassVar[type]
-    description: ClassVar[str]
 
     def load_kwargs(self, options: Any, parts: ModelParts) -> dict[str, Any]:
         """Extra keyword arguments for `from_pretrained` (e.g. a quantization config); often {}."""
@@ -76,6 +75,7 @@ class Strategy(Protocol):
 
 # ---- optional members, with their defaults ------------------------------------------------------
 # A strategy may also define:
+#   description: ClassVar[str]         (default: the class docstring)  shown by `adapterkit strategies`
 #   quantized_base: ClassVar[bool]      (default False)
 #       True when `load_kwargs` loads the base with its linear weights in 4-bit NF4 (bitsandbytes);
 #       the planner then counts those weights as NF4, and the OOM advice offers the strategy.

@@ -23,7 +23,6 @@ if TYPE_CHECKING:
 class Task(Protocol):
     name: ClassVar[str]
     Options: ClassVar[type]
-    description: ClassVar[str]
     # The eval metric used to pick the best checkpoint, and whether higher is better.
     selection_metric: ClassVar[str]
     higher_is_better: ClassVar[bool]
@@ -86,6 +85,7 @@ class Task(Protocol):
 
 # ---- optional members, with their defaults ------------------------------------------------------
 # A task may also define:
+#   description: ClassVar[str]   (default: the class docstring)  shown by `adapterkit tasks`
 #   meta_model(config, options) -> nn.Module
 #       Its model class built from a transformers `config` on the meta device, in float32, no weights
 #       read (the planner applies strategies to it). Without it, `adapterkit plan` cannot plan the task.

@@ -39,19 +39,20 @@ import dataclasses
 import functools
 from typing import TYPE_CHECKING, Any, Literal
 
+from adapterkit.build import build_model
 from adapterkit.plan.activations import Activations, activations, block_transient
 from adapterkit.plan.arch import FP32, Block, Linear, Trainable, arch_from_config
-from adapterkit.plan.weights import (
-    build_meta_model,
-    load_config,
-    model_parts,
-    strategy_model,
-    trainable_tensors,
-    weight_bytes,
-)
+from adapterkit.plan.weights import planning_source, trainable_tensors, weight_bytes
+from adapterkit.strategy import quantized_base
+from adapterkit.task import logits_bytes
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
     from torch import nn
+
+    from adapterkit.strategy import Strategy
+    from adapterkit.task import Task
 
 Device = Literal["cpu", "cuda"]
 
@@ -110,7 +111,8 @@ class StrategyPlan:
         none does: doubling, then bisection, over the same formulas."""
         if self._recompute is None:
             raise ValueError("this plan was not made by plan(); it cannot be recomputed")
-        return _max_batch(lambda b: self._recompute(b).fits(budget_bytes, checkpointed), limit)
+        ckpt = self.gradient_checkpointing if checkpointed is None else checkpointed
+        return _max_batch(lambda b: self._recompute(b).fits(budget_bytes, ckpt), limit)
 
     def as_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -157,8 +159,14 @@ def _role(family: str, local: str) -> str | None:
 
 
 def _linear_state(module: nn.Module) -> Linear:
+    """How one linear layer trains. Besides its own weight and a LoRA branch, any other trainable
+    parameter inside the wrapper (IA3's scaling vectors, a third party's) is counted as a trained
+    weight: its gradient needs the layer's input (or output) kept, which is what that costs."""
     base = getattr(module, "base_layer", module)
     trains = bool(getattr(base, "weight", None) is not None and base.weight.requires_grad)
+    trains = trains or any(
+        p.requires_grad for n, p in module.named_parameters() if "lora_" not in n
+    )
     lora_a = getattr(module, "lora_A", None)
     if lora_a is not None and "default" in lora_a:
         r = int(module.r["default"])
@@ -208,22 +216,6 @@ def trainable_layout(model: nn.Module, family: str, head: tuple[str, ...]) -> Tr
 # ---- the plan ------------------------------------------------------------------------------------
 
 
-def logits_and_loss_bytes(task_name: str, vocab: int, num_labels: int, b: int, length: int) -> int:
-    """The float32 logits and the copies the summed cross entropy makes, at their largest.
-
-    Causal LM (batch x length x vocabulary x 4 bytes each): the head's logits [B, L, V]; the
-    shifted `logits[:, :-1]` made contiguous for the flattening reshape [B, L-1, V]; and
-    log_softmax's output [B, L-1, V], which autograd keeps for backward. All three are alive when
-    log_softmax returns; in backward, the kept output, nll's gradient and log_softmax's gradient
-    (three [B, L-1, V]) are alive together, slightly less. Classification: the same three copies
-    of [B, labels] (token classification: [B, L, labels]), negligible.
-    """
-    if task_name == "causal_lm":
-        return (b * length + 2 * b * (length - 1)) * vocab * FP32
-    rows = b * length if task_name == "token_classification" else b
-    return 3 * rows * num_labels * FP32
-
-
 def optimizer_bytes(tensors: list[tuple[str, int]]) -> int:
     """AdamW state: exp_avg and exp_avg_sq (float32, one each per trainable parameter) and the
     0-dim float32 `step` of every trainable tensor."""
@@ -243,46 +235,65 @@ def step_scratch_bytes(tensors: list[tuple[str, int]], device: Device) -> int:
 
 def plan(
     config_or_source: Any,
-    task_name: str,
-    strategies: list[str],
+    task_name: str | type[Task] | Task,
+    strategies: Sequence[str | type[Strategy]],
     strategy_options: dict[str, Any] | None,
     batch_size: int,
     seq_len: int,
     device: Device,
-    gradient_checkpointing: bool | None = None,
-    num_labels: int = 2,
+    task_options: Any = None,
 ) -> list[StrategyPlan]:
     """A memory plan per strategy for `batch_size` rows of `seq_len` tokens on `device`.
 
     `config_or_source`: a transformers config, a config.json path, a model directory, or an
-    embedded short name. `strategy_options`: {strategy name: options dict or Options instance}.
+    embedded short name. `task_name` and each of `strategies`: a registered name, or a class (a
+    plugin under test need not be registered). `strategy_options`: {strategy name: options dict or
+    Options instance}. `task_options`: the task's parsed options (default: its defaults).
     """
+    task = _task(task_name)
+    t_opts = task_options if task_options is not None else type(task).Options()
+    with planning_source(config_or_source) as (config, source):
+        arch = arch_from_config(config)
+        plans = []
+        for cls in _strategy_classes(strategies):
+            raw = (strategy_options or {}).get(cls.name)
+            options = raw if isinstance(raw, cls.Options) else cls.Options(**(raw or {}))
+            strategy = cls()
+            built = build_model(source, task, t_opts, strategy, options, meta_config=config)
+            tensors = trainable_tensors(built.model)
+            weights = weight_bytes(built.model, quantized_base(strategy), built.parts.head)
+            layout = trainable_layout(built.model, arch.family, built.parts.head)
+            static = _static(weights, tensors, device)
+            logits = functools.partial(logits_bytes, task, config=config, options=t_opts)
+            recompute = functools.partial(
+                _make, cls.name, arch, layout, static, logits,
+                length=seq_len, device=device,
+            )  # fmt: skip
+            p = recompute(batch_size)
+            p._recompute = recompute
+            plans.append(p)
+    return plans
+
+
+def _task(task: str | type[Task] | Task) -> Task:
+    if isinstance(task, str):
+        from adapterkit.plugins import load_registry
+
+        return load_registry().task(task)
+    return task() if isinstance(task, type) else task
+
+
+def _strategy_classes(strategies: Sequence[str | type[Strategy]]) -> list[type[Strategy]]:
     from adapterkit.plugins import load_registry
 
-    config = load_config(config_or_source)
-    registry = load_registry()
-    arch = arch_from_config(config)
-    base = build_meta_model(config, task_name, num_labels)
-    parts = model_parts(base, task_name)
-    plans = []
-    for name in strategies:
-        cls = registry.strategy(name)
-        raw = (strategy_options or {}).get(name)
-        options = raw if isinstance(raw, cls.Options) else cls.Options(**(raw or {}))
-        model = strategy_model(build_meta_model(config, task_name, num_labels), cls, options, parts)
-        tensors = trainable_tensors(model)
-        weights = weight_bytes(model, quantized=name == "qlora", head=parts.head)
-        layout = trainable_layout(model, arch.family, parts.head)
-        static = _static(weights, tensors, device)
-
-        recompute = functools.partial(
-            _make, name, arch, layout, static, task_name, num_labels,
-            length=seq_len, device=device, checkpointing=gradient_checkpointing,
-        )  # fmt: skip
-        p = recompute(batch_size)
-        p._recompute = recompute
-        plans.append(p)
-    return plans
+    registry = None
+    out = []
+    for item in strategies:
+        if isinstance(item, str):
+            registry = registry or load_registry()
+            item = type(registry.strategy(item))
+        out.append(item)
+    return out
 
 
 def _static(weights: dict[str, Any], tensors: list[tuple[str, int]], device: Device) -> dict:
@@ -311,15 +322,13 @@ def _make(
     arch: Any,
     layout: Trainable,
     st: dict,
-    task_name: str,
-    num_labels: int,
+    logits_fn: Callable[..., int],
     b: int,
     length: int,
     device: Device,
-    checkpointing: bool | None,
 ) -> StrategyPlan:
     acts: Activations = activations(arch, layout, b, length, device)
-    logits = logits_and_loss_bytes(task_name, arch.vocab, num_labels, b, length)
+    logits = logits_fn(batch=b, length=length)
     transient = block_transient(arch, b, length, device)
     fixed = st["runtime_overhead"] + st["checkpoint_mapped"] + st["weights"] + st["optimizer"]
     after = st["gradients"] + st["optimizer_step_scratch"]
@@ -340,9 +349,7 @@ def _make(
         "total": fixed + max(acts.saved + logits, acts.inside_blocks, after),
         "total_checkpointed": fixed + max(acts.saved_checkpointed + max(logits, transient), after),
     }
-    return StrategyPlan(
-        name, b, length, device, st["trainable"], st["logical_params"], comp, checkpointing
-    )
+    return StrategyPlan(name, b, length, device, st["trainable"], st["logical_params"], comp)
 
 
 def from_recipe(recipe: Any, strategies: list[str] | None, device: Device) -> list[StrategyPlan]:
@@ -354,9 +361,8 @@ def from_recipe(recipe: Any, strategies: list[str] | None, device: Device) -> li
 
     names = strategies or [recipe.strategy.name]
     t_opts = recipe.task.options
-    labels = getattr(t_opts, "labels", None)
     s_opts = {recipe.strategy.name: opts.as_dict(recipe.strategy.options)}
-    return plan(
+    plans = plan(
         recipe.model.name,
         recipe.task.name,
         names,
@@ -364,9 +370,11 @@ def from_recipe(recipe: Any, strategies: list[str] | None, device: Device) -> li
         recipe.train.batch_size,
         int(getattr(t_opts, "max_length", 512)),
         device,
-        recipe.train.gradient_checkpointing,
-        num_labels=len(labels) if labels else 2,
+        task_options=t_opts,
     )
+    for p in plans:  # which peak is "the" plan: the recipe's checkpointing setting
+        p.gradient_checkpointing = recipe.train.gradient_checkpointing
+    return plans
 
 
 __all__ = ["StrategyPlan", "from_recipe", "plan"]

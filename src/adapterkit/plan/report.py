@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from adapterkit.plan.memory import StrategyPlan
@@ -63,3 +63,48 @@ def format_table(plans: list[StrategyPlan], budget: int | None = None) -> str:
 
 def to_json(plans: list[StrategyPlan]) -> str:
     return json.dumps([p.as_dict() for p in plans], indent=2)
+
+
+def _quantizing_strategies() -> list[str]:
+    """Registered strategies whose base loads in 4 bits (`Strategy.quantized_base`)."""
+    from adapterkit.plugins import load_registry
+    from adapterkit.strategy import quantized_base
+
+    registry = load_registry()
+    return [
+        n for n in registry.names("strategy") if quantized_base(registry.classes["strategy"][n])
+    ]
+
+
+def plan_advice(recipe: Any) -> str:
+    """What `adapterkit plan` says about this recipe: its peak, with checkpointing, with each
+    strategy that quantizes its base, and the largest batch that fits this machine's memory.
+    Empty if the planner cannot tell (advice must never hide the error it comes with)."""
+    try:
+        import psutil
+        import torch
+
+        from adapterkit.plan import memory
+
+        cuda = torch.cuda.is_available()
+        device = "cuda" if cuda else "cpu"
+        budget = (
+            torch.cuda.get_device_properties(0).total_memory
+            if cuda
+            else psutil.virtual_memory().total
+        )
+        names = list(dict.fromkeys([recipe.strategy.name, *_quantizing_strategies()]))
+        plans = {p.strategy: p for p in memory.from_recipe(recipe, names, device)}
+    except Exception:
+        return ""
+    own = plans.pop(recipe.strategy.name)
+    gib = 2**30
+    lines = [
+        f"plan for {device} ({budget / gib:.1f} GiB): {own.strategy} at batch {own.batch_size} "
+        f"x {own.seq_len} tokens needs about {own.peak(False) / gib:.1f} GiB, "
+        f"{own.peak(True) / gib:.1f} GiB with train.gradient_checkpointing=true; "
+        f"largest batch that fits: {own.max_batch_size(budget, checkpointed=False)} "
+        f"({own.max_batch_size(budget, checkpointed=True)} with checkpointing)"
+    ]
+    lines += [f"strategy {n}: about {p.peak(False) / gib:.1f} GiB" for n, p in plans.items()]
+    return "\n".join(lines)

@@ -1,20 +1,24 @@
 """Weights and trainable parameters for the memory plan, from a model built on the meta device.
 
 A meta-device model has every parameter's shape and dtype but no storage, so an 8B model costs
-nothing to build. Strategies are applied to it exactly as to a real model (peft's LoRA injection
-works on meta tensors), so the trainable set is the real one, not a formula.
+nothing to build. The task builds it (`Task.meta_model`) and the strategy applies itself to it
+(`Strategy.plan_apply`) exactly as to a real model (peft's LoRA injection works on meta tensors),
+so the trainable set is the real one, not a formula, for any plugin.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from adapterkit.strategy import ModelParts
-
 if TYPE_CHECKING:
     from torch import nn
+
+    from adapterkit.storage.sources import ModelSource
 
 NF4_BLOCK = 64
 """bitsandbytes `quantize_4bit` default block size: one absmax per 64 weights."""
@@ -29,70 +33,37 @@ DQ_CODE_BYTES = 256 * 4
 """The 8-bit dynamic code book of the second-level state: 256 float32 values per layer."""
 
 
-def load_config(config_or_source: Any) -> Any:
-    """A transformers config from a config object, a config.json, a directory or a short name."""
+@contextlib.contextmanager
+def planning_source(config_or_source: Any) -> Iterator[tuple[Any, ModelSource]]:
+    """(config, ModelSource) from a config object, a config.json, a directory or a short name.
+
+    The tasks find their head from a ModelSource (`Task.model_parts`), so a bare config object is
+    written to a temporary directory for the plan's duration (a config is a few KiB).
+    """
     from transformers import AutoConfig, PretrainedConfig
 
     from adapterkit.storage import sources
 
     if isinstance(config_or_source, PretrainedConfig):
-        return config_or_source
+        with tempfile.TemporaryDirectory(prefix="adapterkit-plan-") as tmp:
+            config_or_source.save_pretrained(tmp)
+            yield config_or_source, sources.ModelSource("config", Path(tmp), None)
+        return
     path = Path(str(config_or_source)).expanduser()
     if path.is_file() and path.suffix == ".json":
         sources.set_offline()
-        return AutoConfig.from_pretrained(str(path.parent) if path.name == "config.json" else path)
+        config = AutoConfig.from_pretrained(
+            str(path.parent) if path.name == "config.json" else path
+        )
+        if path.name == "config.json":
+            yield config, sources.ModelSource(str(path), path.parent, None)
+            return
+        with tempfile.TemporaryDirectory(prefix="adapterkit-plan-") as tmp:
+            config.save_pretrained(tmp)
+            yield config, sources.ModelSource(str(path), Path(tmp), None)
+        return
     source = sources.resolve(str(config_or_source))
-    return sources.load_config(source)
-
-
-_AUTO = {
-    "causal_lm": "AutoModelForCausalLM",
-    "sequence_classification": "AutoModelForSequenceClassification",
-    "token_classification": "AutoModelForTokenClassification",
-}
-
-
-def build_meta_model(config: Any, task_name: str, num_labels: int = 2) -> nn.Module:
-    """The task's model class built from `config` on the meta device, in float32 (no weights)."""
-    import copy
-
-    import torch
-    import transformers
-
-    if task_name not in _AUTO:
-        raise ValueError(f"no model class known for task {task_name!r}; known: {sorted(_AUTO)}")
-    cfg = copy.deepcopy(config)
-    if task_name != "causal_lm":
-        cfg.num_labels = max(1, num_labels)
-    with torch.device("meta"):
-        return getattr(transformers, _AUTO[task_name]).from_config(cfg, dtype=torch.float32)
-
-
-def model_parts(model: nn.Module, task_name: str) -> ModelParts:
-    """The head as the task finds it (causal_lm.model_parts / _labelled.head_parts), on `model`."""
-    if task_name == "causal_lm":
-        head = model.get_output_embeddings()
-        name = next(n for n, m in model.named_modules() if m is head and n)
-        return ModelParts(head=(name,), new_head=False)
-    base = getattr(model, model.base_model_prefix, None)
-    names = [
-        n for n, c in model.named_children() if c is not base and any(True for _ in c.parameters())
-    ]
-    pooler = getattr(base, "pooler", None)
-    if pooler is not None and any(True for _ in pooler.parameters()):
-        names.append(f"{model.base_model_prefix}.pooler")
-    return ModelParts(head=tuple(names), new_head=True)
-
-
-def strategy_model(model: nn.Module, strategy: Any, options: Any, parts: ModelParts) -> nn.Module:
-    """`cls().apply` on the meta model. QLoRA's apply wants a 4-bit model; its trainable set is
-    LoRA's on the same base (prepare_model_for_kbit_training only freezes and casts), so the
-    LoRA wrapping it ends with is applied directly."""
-    if getattr(strategy, "name", "") == "qlora":
-        from adapterkit_strategies._peft import wrap_lora
-
-        return wrap_lora(model, options, parts)
-    return strategy.apply(model, options, parts)
+    yield sources.load_config(source), source
 
 
 def trainable_tensors(model: nn.Module) -> list[tuple[str, int]]:
