@@ -285,6 +285,7 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(tmp_path: 
     from adapterkit.strategy import freeze, trainable_state_dict, unfreeze
     from adapterkit.tasks.causal_lm import CausalLM, Options
     from adapterkit.testing import tiny_llama, tiny_tokenizer
+    from adapterkit.train.inputs import AdapterBinding, TrainData
     from adapterkit.train.trainer import TrainConfig, fit
 
     class Diverging(CausalLM):
@@ -304,15 +305,10 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(tmp_path: 
     with pytest.raises(TrainingError, match=r"diverged: the loss became nan at step 3") as info:
         fit(
             model,
-            Diverging(),
-            Options(),
-            examples,
-            None,
+            TrainData(Diverging(), Options(), examples, None, tok),
+            AdapterBinding(trainable_state_dict, lambda m, p: saved.append(p) or 0),
             TrainConfig(max_steps=5, batch_size=4, checkpoint_every=1),
             tmp_path,
-            tokenizer=tok,
-            adapter_tensors=trainable_state_dict,
-            save_adapter=lambda m, p: saved.append(p) or 0,
             progress=False,
         )
     assert "step-000002" in str(info.value)

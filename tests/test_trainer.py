@@ -17,6 +17,7 @@ from adapterkit.errors import PluginError
 from adapterkit.strategy import freeze, trainable_state_dict, unfreeze
 from adapterkit.tasks.causal_lm import CausalLM, Options
 from adapterkit.testing import tiny_llama, tiny_tokenizer
+from adapterkit.train.inputs import AdapterBinding, TrainData
 from adapterkit.train.trainer import (
     TrainConfig,
     accumulate_gradients,
@@ -62,15 +63,10 @@ def save_adapter(model, path: Path) -> int:
 def run(model, tok, train, eval_, out, **cfg):
     return fit(
         model,
-        TASK,
-        OPTS,
-        train,
-        eval_,
+        TrainData(TASK, OPTS, train, eval_, tok),
+        AdapterBinding(trainable_state_dict, save_adapter),
         TrainConfig(**cfg),
         out,
-        tokenizer=tok,
-        adapter_tensors=trainable_state_dict,
-        save_adapter=save_adapter,
         progress=False,
     )
 
@@ -175,15 +171,10 @@ def test_fit_refuses_a_mismatched_adapter(tmp_path, tok, examples):
     with pytest.raises(PluginError):
         fit(
             model,
-            TASK,
-            OPTS,
-            examples,
-            None,
+            TrainData(TASK, OPTS, examples, None, tok),
+            AdapterBinding(lambda m: {}, save_adapter),
             TrainConfig(max_steps=1),
             tmp_path,
-            tokenizer=tok,
-            adapter_tensors=lambda m: {},
-            save_adapter=save_adapter,
             progress=False,
         )
 
@@ -331,15 +322,10 @@ class ConstantEval(CausalLM):
 def test_early_stopping_after_patience_evals(tmp_path, tok, examples):
     metrics = fit(
         head_only(tiny_llama(tied=False)),
-        ConstantEval(),
-        OPTS,
-        examples,
-        examples[:1],
+        TrainData(ConstantEval(), OPTS, examples, examples[:1], tok),
+        AdapterBinding(trainable_state_dict, save_adapter),
         TrainConfig(max_steps=10, batch_size=2, eval_every=1, patience=2),
         tmp_path,
-        tokenizer=tok,
-        adapter_tensors=trainable_state_dict,
-        save_adapter=save_adapter,
         progress=False,
     )
     assert metrics["stopped_early"] is True

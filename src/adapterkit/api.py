@@ -10,24 +10,21 @@ print(api.generate("Name three colours.", adapter=Path("runs/x")))
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
-import platform
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from adapterkit import __version__
 from adapterkit import options as opts
 from adapterkit.build import LoadSettings, build_model
 from adapterkit.errors import AdapterError, OutOfMemoryError, UserError
 from adapterkit.recipe import Recipe
 from adapterkit.storage import sources
 from adapterkit.storage.run_dir import check_resumable, prepare_out_dir, recover_run_dir
-from adapterkit.strategy import extra_files
+from adapterkit.strategy import Strategy, extra_files
 from adapterkit.task import Task, collate_all
 
 log = logging.getLogger("adapterkit")
@@ -61,40 +58,6 @@ def quiet_known_notices() -> None:
     logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(
         lambda record: "gemm_4bit_forward" not in str(record.msg)
     )
-
-
-def _versions() -> dict[str, str]:
-    from importlib import metadata
-
-    out = {"adapterkit": __version__, "python": platform.python_version()}
-    for dist in ("torch", "transformers", "peft", "bitsandbytes", "safetensors", "accelerate"):
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            out[dist] = metadata.version(dist)
-    return out
-
-
-def _manifest(recipe: Recipe, source: sources.ModelSource, task: Any, tokenizer: Any) -> dict:
-    return {
-        "format": "adapterkit-adapter",
-        "format_version": 1,
-        "strategy": {
-            "name": recipe.strategy.name,
-            "options": opts.as_dict(recipe.strategy.options),
-        },
-        "task": {
-            "name": recipe.task.name,
-            "options": opts.as_dict(recipe.task.options),
-            **task.manifest(recipe.task.options, tokenizer),
-        },
-        "base_model": {
-            "name": recipe.model.name,
-            "fingerprint": sources.fingerprint(source),
-            "gguf_sha256": source.gguf_sha256,
-            "dtype": recipe.model.dtype,
-            "trust_remote_code": recipe.model.trust_remote_code,
-        },
-        "versions": _versions(),
-    }
 
 
 def _read(task: Any, path: str | None, task_options: Any, limit: int | None = None) -> list[dict]:
@@ -156,8 +119,10 @@ def train(
     """
     from adapterkit.plan import report
     from adapterkit.plugins import load_registry
-    from adapterkit.storage import adapter_format, checkpoints
+    from adapterkit.storage import manifest
+    from adapterkit.storage.atomic import write_json
     from adapterkit.train import trainer
+    from adapterkit.train.inputs import AdapterBinding, TrainData
 
     out_dir = Path(out_dir)
     recover_run_dir(out_dir)
@@ -191,37 +156,18 @@ def train(
             f"{recipe.data.train}: no usable training rows (all dropped by truncation?)"
         )
 
-    manifest = _manifest(recipe, source, task, tokenizer)
-    resolved_yaml = yaml.safe_dump(recipe.to_dict(), sort_keys=False).encode()
-
-    def save(model: Any, path: Path) -> int:
-        extra = extra_files(strategy, model, s_opts)
-        extra["recipe.yaml"] = resolved_yaml
-        tensors = strategy.adapter_state_dict(model, s_opts)
-        return adapter_format.save_adapter(path, tensors, manifest, extra, keep_other_files=True)
-
-    resume_from = None
-    if checkpoint is not None:
-        resume_from = {**checkpoints.load_checkpoint(checkpoint), "path": str(checkpoint)}
-        log.warning("resuming from %s", checkpoint)
-    hint = resume_hint or f"run the same command again with --out {out_dir} --resume"
+    save = _saver(strategy, s_opts, manifest.build(recipe, source, task, tokenizer), recipe)
+    data = TrainData(task, t_opts, train_examples, eval_examples, tokenizer)
     try:
         metrics = trainer.fit(
             model,
-            task,
-            t_opts,
-            train_examples,
-            eval_examples,
+            data,
+            AdapterBinding.of(strategy, s_opts, save),
             recipe.train,
             out_dir,
-            tokenizer=tokenizer,
-            adapter_tensors=lambda m: strategy.adapter_state_dict(m, s_opts),
-            save_adapter=save,
+            resume=_resume(checkpoint, recipe, out_dir, resume_hint),
             progress=progress,
-            resume=resume_from,
-            load_adapter=lambda m, tensors: strategy.load_adapter_state_dict(m, tensors, s_opts),
-            run_state={"recipe": recipe.to_dict()},
-            resume_hint=hint,
+            quantized_strategies=report.quantizing_strategies(),
         )
     except OutOfMemoryError as exc:
         raise OutOfMemoryError(f"{exc}\n{report.plan_advice(recipe)}") from exc
@@ -231,8 +177,40 @@ def train(
         )
         metrics["definitions"] = {**metrics["definitions"], **extra.pop("definitions")}
         metrics.update(extra)
-        trainer.write_json(out_dir / "metrics.json", metrics)
+        write_json(out_dir / "metrics.json", metrics)
     return metrics
+
+
+def _saver(strategy: Strategy, options: Any, manifest: dict, recipe: Recipe) -> Any:
+    """Writes the adapter directory: the strategy's tensors and extra files, the manifest and the
+    resolved recipe; returns the adapter's size in bytes."""
+    from adapterkit.storage import adapter_format
+
+    resolved_yaml = yaml.safe_dump(recipe.to_dict(), sort_keys=False).encode()
+
+    def save(model: Any, path: Path) -> int:
+        extra = extra_files(strategy, model, options)
+        extra["recipe.yaml"] = resolved_yaml
+        tensors = strategy.adapter_state_dict(model, options)
+        return adapter_format.save_adapter(path, tensors, manifest, extra, keep_other_files=True)
+
+    return save
+
+
+def _resume(checkpoint: Path | None, recipe: Recipe, out_dir: Path, hint: str | None) -> Any:
+    """How this run continues (from `checkpoint`, if any) and can be continued after a stop."""
+    from adapterkit.storage import checkpoints
+    from adapterkit.train.inputs import Resume
+
+    loaded = None
+    if checkpoint is not None:
+        loaded = {**checkpoints.load_checkpoint(checkpoint), "path": str(checkpoint)}
+        log.warning("resuming from %s", checkpoint)
+    return Resume(
+        loaded,
+        {"recipe": recipe.to_dict()},
+        hint or f"run the same command again with --out {out_dir} --resume",
+    )
 
 
 def _test_metrics(

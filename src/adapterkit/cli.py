@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+from adapterkit import units
 from adapterkit.errors import UserError
 
 
@@ -207,7 +208,7 @@ def compare(
     """
     from adapterkit.compare import runs
 
-    limit = runs.parse_size(memory_limit) if memory_limit else None
+    limit = units.parse_size(memory_limit, "--memory-limit") if memory_limit else None
     if strategies is None:
         from adapterkit.plugins import load_registry
 
@@ -240,7 +241,6 @@ def plan(
 ) -> None:
     """Estimate training memory per strategy from the model's config alone (no weights read)."""
     from adapterkit.api import quiet_known_notices
-    from adapterkit.compare.runs import parse_size
     from adapterkit.plan import memory, report
     from adapterkit.recipe import resolve
 
@@ -256,7 +256,9 @@ def plan(
     if as_json:
         click.echo(report.to_json(plans))
     else:
-        click.echo(report.format_table(plans, parse_size(budget) if budget else None))
+        click.echo(
+            report.format_table(plans, units.parse_size(budget, "--budget") if budget else None)
+        )
 
 
 @cli.command("eval")

@@ -1,2 +1,3 @@
-"""Compare strategies on one recipe: each run in its own child process, then JSON, a Markdown
-table and plots (Pareto front, loss curves)."""
+"""Compare strategies on one recipe, each run in its own child process.
+
+The output is JSON, a Markdown table and plots (Pareto front, loss curves)."""

@@ -1,6 +1,6 @@
 """The comparison's report: the Pareto front, the Markdown table and the two plots.
 
-Pure functions of the rows `compare.run` produces (see compare.FIELDS); matplotlib is imported only
+Pure functions of the rows `runs.run` produces (see runs.FIELDS); matplotlib is imported only
 when a plot is drawn, with the non-interactive Agg backend.
 """
 
@@ -11,6 +11,8 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from adapterkit import units
 
 
 def _usable(row: dict[str, Any], metric: str, memory: str) -> bool:
@@ -43,10 +45,6 @@ def pareto_front(
     return sorted(front, key=lambda r: (r[memory], -sign * r[metric]))
 
 
-def _mib(value: Any) -> str:
-    return "" if value is None else f"{value / 2**20:,.1f}"
-
-
 def _num(value: Any, fmt: str) -> str:
     return "" if value is None else format(value, fmt)
 
@@ -74,16 +72,16 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
         rss = (
             ""
             if r.get("rss_anon_bytes") is None
-            else (f"{_mib(r['rss_anon_bytes'])} / {_mib(r.get('rss_file_bytes'))}")
+            else (f"{units.mib(r['rss_anon_bytes'])} / {units.mib(r.get('rss_file_bytes'))}")
         )
         error = (r.get("error") or "").replace("\n", " ").replace("|", "\\|")
         cells = [
             r["strategy"],
             _num(r.get("trainable_params"), ","),
             _num(r.get("trainable_percent"), ".3f"),
-            _mib(r.get("adapter_bytes")),
-            _mib(r.get("peak_memory_bytes")),
-            _mib(r.get("load_peak_memory_bytes")),
+            units.mib(r.get("adapter_bytes")),
+            units.mib(r.get("peak_memory_bytes")),
+            units.mib(r.get("load_peak_memory_bytes")),
             rss,
             _num(r.get("tokens_per_s"), ".1f"),
             _num(r.get("wall_time_s"), ".1f"),

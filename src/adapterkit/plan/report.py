@@ -5,16 +5,10 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
+from adapterkit.units import human_bytes
+
 if TYPE_CHECKING:
     from adapterkit.plan.memory import StrategyPlan
-
-
-def _human(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024  # type: ignore[assignment]
-    return str(n)
 
 
 def format_table(plans: list[StrategyPlan], budget: int | None = None) -> str:
@@ -35,12 +29,12 @@ def format_table(plans: list[StrategyPlan], budget: int | None = None) -> str:
         "total (ckpt)",
     ]
     if budget is not None:
-        cols += [f"fits {_human(budget)}", "max batch"]
+        cols += [f"fits {human_bytes(budget)}", "max batch"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for p in plans:
         c = p.components
         row = [p.strategy, f"{p.trainable_params:,}"] + [
-            _human(c[k])
+            human_bytes(c[k])
             for k in (
                 "weights",
                 "gradients",
@@ -65,7 +59,7 @@ def to_json(plans: list[StrategyPlan]) -> str:
     return json.dumps([p.as_dict() for p in plans], indent=2)
 
 
-def _quantizing_strategies() -> list[str]:
+def quantizing_strategies() -> list[str]:
     """Registered strategies whose base loads in 4 bits (`Strategy.quantized_base`)."""
     from adapterkit.plugins import load_registry
     from adapterkit.strategy import quantized_base
@@ -93,7 +87,7 @@ def plan_advice(recipe: Any) -> str:
             if cuda
             else psutil.virtual_memory().total
         )
-        names = list(dict.fromkeys([recipe.strategy.name, *_quantizing_strategies()]))
+        names = list(dict.fromkeys([recipe.strategy.name, *quantizing_strategies()]))
         plans = {p.strategy: p for p in memory.from_recipe(recipe, names, device)}
     except Exception:
         return ""

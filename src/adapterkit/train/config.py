@@ -1,6 +1,7 @@
-"""The recipe's `train` section, and the definitions of the figures a run reports.
+"""The recipe's `train` section.
 
-Kept apart from the loop (trainer.py) so that recipes validate without importing it.
+Kept apart from the loop (trainer.py) so that recipes validate without importing it. The figures
+a run reports are defined next to their fields, in metrics.py (RunMetrics).
 """
 
 from __future__ import annotations
@@ -76,35 +77,3 @@ class TrainConfig:
             "(peak RSS as `plan` predicts it, about a third lower for LoRA; slower steps)."
         ),
     ] = False
-
-
-DEFINITIONS = {
-    "train_loss": "Mean training loss per target token over the last 10 optimizer steps.",
-    "initial_eval": "Eval metrics before the first step (the model as the strategy prepared it).",
-    "final_eval": "Eval metrics of the final adapter (this directory).",
-    "best_eval": "Eval metrics of the best adapter by the task's selection metric (best/).",
-    "best_step": "Optimizer step at which the best adapter was saved.",
-    "steps": "Optimizer steps taken.",
-    "epochs": "Passes over the training data taken (steps / steps per epoch).",
-    "tokens": "Non-padding tokens (attention mask) in all training batches.",
-    "tokens_per_s": "Non-padding tokens trained per second of training steps (no loading, eval).",
-    "train_time_s": "Seconds spent in training steps (batching, forward, backward, optimizer).",
-    "wall_time_s": "Seconds from the start of fit() to metrics.json, evals and saving included.",
-    "peak_memory_bytes": (
-        "Peak memory during the training steps: the CUDA allocator's max allocated bytes on a GPU, "
-        "the process's peak resident set (VmHWM, reset before the first step) on CPU."
-    ),
-    "peak_memory_kind": "What peak_memory_bytes measures: cuda_allocated or process_rss.",
-    "peak_memory_reset": "False when the CPU high-water mark could not be reset (peak since start).",
-    "cuda_peak_reserved_bytes": "Peak bytes reserved by the CUDA caching allocator (GPU only).",
-    "load_peak_memory_bytes": "The same peak before training: loading, preparing, initial eval.",
-    "rss_anon_bytes": "Resident anonymous memory (tensors, heap) right after the training steps.",
-    "rss_file_bytes": "Resident file-backed memory (mapped weights, libraries) after training.",
-    "trainable_params": "Parameters that train, each storage once.",
-    "total_params": "All parameters, each storage once, 4-bit weights at their logical size.",
-    "trainable_percent": "trainable_params as a percentage of total_params.",
-    "adapter_bytes": "Bytes of the saved final adapter.",
-    "precision": "Arithmetic the training ran in: fp32, or bf16 autocast (fp32 master weights).",
-    "device": "The device the model trained on.",
-    "stopped_early": "True when training stopped because eval did not improve for `patience` evals.",
-}

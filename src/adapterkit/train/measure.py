@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 if TYPE_CHECKING:
     from torch import nn
@@ -164,7 +164,13 @@ class MemoryMeter:
         return self._peak_now()
 
 
-def parameter_counts(model: nn.Module) -> dict[str, float]:
+class ParameterCounts(TypedDict):
+    trainable_params: int
+    total_params: int
+    trainable_percent: float
+
+
+def parameter_counts(model: nn.Module) -> ParameterCounts:
     """Trainable and total parameter counts (4-bit weights at logical size) and the percentage."""
     from adapterkit.strategy import count_parameters
 
@@ -173,4 +179,28 @@ def parameter_counts(model: nn.Module) -> dict[str, float]:
         "trainable_params": trainable,
         "total_params": total,
         "trainable_percent": 100.0 * trainable / total if total else 0.0,
+    }
+
+
+class MemoryFigures(TypedDict):
+    peak_memory_bytes: int | None
+    peak_memory_kind: str
+    peak_memory_reset: bool
+    cuda_peak_reserved_bytes: int | None
+    load_peak_memory_bytes: int | None
+    rss_anon_bytes: int | None
+    rss_file_bytes: int | None
+
+
+def memory_figures(peak: MemoryPeak, load_peak: MemoryPeak) -> MemoryFigures:
+    """A run's memory figures (RunMetrics' names): the training steps' peak, loading's, and the
+    resident memory now."""
+    return {
+        "peak_memory_bytes": peak.bytes,
+        "peak_memory_kind": peak.kind,
+        "peak_memory_reset": peak.reset_done,
+        "cuda_peak_reserved_bytes": peak.reserved_bytes,
+        "load_peak_memory_bytes": load_peak.bytes,
+        "rss_anon_bytes": rss_anon_bytes(),
+        "rss_file_bytes": rss_file_bytes(),
     }

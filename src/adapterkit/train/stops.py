@@ -1,18 +1,43 @@
-"""How a training run stops cleanly: on a signal, on running out of memory, and what a resume trims.
+"""How a training run stops cleanly: on a signal, on a non-finite loss or gradient, on running out
+of memory. Every stop before the optimizer step leaves the last checkpoint on disk the last good
+state, and its message says which checkpoint that is and what to change.
 
 Kept apart from the loop (trainer.py), which calls these at the few points where a run can stop.
 """
 
 from __future__ import annotations
 
-import json
+import math
 import signal
 import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from adapterkit.storage.atomic import write_text_atomic
+from adapterkit.errors import OutOfMemoryError, TrainingError
 from adapterkit.train.config import TrainConfig
+
+
+def last_good(checkpoints: Path) -> str:
+    """What a stopped run keeps: the newest complete checkpoint under `checkpoints`, if any."""
+    from adapterkit.storage.checkpoints import latest
+
+    found = latest(checkpoints)
+    return f"the last good checkpoint, {found}, is kept" if found else "no checkpoint was saved"
+
+
+def ensure_finite(value: float, what: str, step: int, kept: Callable[[], str], fix: str) -> float:
+    """`value`, or a TrainingError when it is nan or infinite ("diverged: `what` became nan ...").
+
+    `step` is the step being taken (1-based), `kept()` says what is kept on disk (asked only on
+    failure: it lists the checkpoints), `fix` what to change.
+    """
+    if not math.isfinite(value):
+        raise TrainingError(
+            f"diverged: {what} became {value} at step {step}; the step was not applied and "
+            f"{kept()}. {fix}"
+        )
+    return value
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -27,8 +52,12 @@ def is_out_of_memory(exc: BaseException) -> bool:
     )
 
 
-def out_of_memory_advice(cfg: TrainConfig) -> str:
-    """Concrete overrides that lower the memory a step needs, smallest change first."""
+def out_of_memory_advice(cfg: TrainConfig, quantized_strategies: Sequence[str] = ()) -> str:
+    """Concrete overrides that lower the memory a step needs, smallest change first.
+
+    `quantized_strategies`: the registered strategies that load the base model in 4 bits (the
+    caller asks the registry); each is suggested on a line of its own.
+    """
     lines = []
     if cfg.batch_size > 1:
         half = cfg.batch_size // 2
@@ -40,8 +69,38 @@ def out_of_memory_advice(cfg: TrainConfig) -> str:
         lines.append("task.options.max_length=<fewer tokens>  (batch_size=1 already)")
     if not cfg.gradient_checkpointing:
         lines.append("train.gradient_checkpointing=true  (recompute activations in backward)")
-    lines.append("strategy.name=qlora  (a 4-bit base model: far less weight memory)")
+    for name in quantized_strategies:
+        lines.append(f"strategy.name={name}  (a 4-bit base model: far less weight memory)")
     return "\n".join(f"  {line}" for line in lines)
+
+
+class OutOfMemoryStop:
+    """`with OutOfMemoryStop(...):` turns running out of memory inside the block into an
+    OutOfMemoryError with advice; any other exception passes as is.
+
+    `where` says at which step on which device; `kept()` what is kept on disk (asked only on
+    failure); `cleanup()` runs first (drop the gradients, so that the memory they hold is free for
+    whatever handles the error).
+    """
+
+    def __init__(
+        self, where: str, kept: Callable[[], str], advice: str, cleanup: Callable[[], None]
+    ) -> None:
+        self.where, self.kept, self.advice, self.cleanup = where, kept, advice, cleanup
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> None:
+        if not isinstance(exc, Exception) or not is_out_of_memory(exc):
+            return  # no exception, or another one: it propagates unchanged
+        self.cleanup()
+        first_line = (str(exc).splitlines() or [type(exc).__name__])[0]  # a bare MemoryError: ""
+        raise OutOfMemoryError(
+            f"out of memory at {self.where} ({first_line}); the step was not "
+            f"applied and {self.kept()}. Try one of these overrides (`adapterkit plan` estimates "
+            f"what fits):\n{self.advice}"
+        ) from exc
 
 
 class StopSignals:
@@ -69,15 +128,3 @@ class StopSignals:
     def __exit__(self, *exc: object) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
-
-
-def trim_log(path: Path, step: int) -> None:
-    """Keep the log lines of steps up to `step`: a killed run may have logged steps after it."""
-    kept = []
-    for line in path.read_text().splitlines() if path.is_file() else []:
-        try:
-            if json.loads(line).get("step", 0) <= step:
-                kept.append(line + "\n")
-        except ValueError:
-            break  # a line cut by the crash, and whatever follows it
-    write_text_atomic(path, "".join(kept))
