@@ -14,7 +14,7 @@ from adapterkit import hookimpl
 from adapterkit.strategy import (
     ModelParts,
     freeze,
-    load_named_tensors,
+    load_trainable_tensors,
     trainable_state_dict,
     unfreeze,
 )
@@ -47,7 +47,9 @@ class Norms:
         return trainable_state_dict(model)
 
     def load_adapter_state_dict(self, model: Any, tensors: dict, options: NormsOptions) -> None:
-        load_named_tensors(model, tensors)
+        # Refuses a missing tensor as well as a stray one: a partial load would leave some norms
+        # at their base weights unnoticed (adapterkit.testing.check_strategy checks this).
+        load_trainable_tensors(model, tensors)
 
 
 @hookimpl

@@ -1,12 +1,11 @@
-"""Tiny random models and a tiny tokenizer, built from configs in milliseconds.
+"""Tiny random models and tiny tokenizers, built from configs in milliseconds (nothing downloaded).
 
-For adapterkit's own tests and for plugin authors testing a strategy without downloading anything.
+Llama (causal LM, ChatML template like SmolLM2) and BERT (uncased WordPiece, [PAD] = 0), each with
+a random model of 2 blocks and hidden size 32, and as a local HF directory `from_pretrained` reads.
 """
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -163,45 +162,3 @@ def save_tiny_bert_dir(path: Path, seed: int = 0) -> Path:
     tiny_bert(seed=seed).save_pretrained(path)
     tiny_bert_tokenizer().save_pretrained(path)
     return Path(path)
-
-
-def profiled_tensor_peak(
-    run: Callable[[], object], *, preexisting: bool = False, from_first_gradient: bool = False
-) -> tuple[int, Counter[str]]:
-    """Run `run` under torch.profiler and return the peak bytes of live CPU tensor storages, with
-    the bytes alive at that peak by the profiler's category (PARAMETER, ACTIVATION, ...).
-
-    `preexisting`: count storages that existed before `run` (parameters) too. `from_first_gradient`:
-    look for the peak only once a gradient exists (skips a model load inside `run`). Uses the
-    profiler's memory timeline, a private torch API: for tests and benchmarks only.
-    """
-    from torch.profiler import ProfilerActivity, profile
-    from torch.profiler._memory_profiler import Action, MemoryProfile
-
-    kw = {"profile_memory": True, "record_shapes": True, "with_stack": True}
-    with profile(activities=[ProfilerActivity.CPU], **kw) as prof:
-        run()
-    mp = MemoryProfile(prof.profiler.kineto_results)
-    starts = (Action.CREATE, Action.INCREMENT_VERSION) + (
-        (Action.PREEXISTING,) if preexisting else ()
-    )
-    live: dict = {}
-    cur = peak = 0
-    at_peak: dict = {}
-    counting = not from_first_gradient
-    for _, action, (key, version), size in mp.timeline:
-        if key.device.type != "cpu":
-            continue
-        if action in starts:
-            cur += size - live.get(key, (0, ""))[0]
-            category = mp._categories.get(key, version)
-            live[key] = (size, category.name if category is not None else "UNKNOWN")
-            counting = counting or live[key][1] == "GRADIENT"
-        elif action == Action.DESTROY and key in live:
-            cur -= live.pop(key)[0]
-        if counting and cur > peak:
-            peak, at_peak = cur, dict(live)
-    groups: Counter[str] = Counter()
-    for size, label in at_peak.values():
-        groups[label] += size
-    return peak, groups
