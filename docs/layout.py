@@ -1,6 +1,6 @@
 """Print the README's "Layout" block from the tree: every package and module with the first line
 of its docstring. `python docs/layout.py --write` rewrites the block in README.md in place;
-tests/test_docs.py fails when the README's block is not what this prints.
+tests/unit/core/test_docs.py fails when the README's block is not what this prints.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- layout:begin -->", "<!-- layout:end -->"
-WIDTH = 44  # the name column
+WIDTH = 40  # the name column
 TOP = {
     "benchmarks/": "side-by-side measurements against the peers a user would otherwise run",
     "data/": "small dataset subsets with attribution (data/README.md)",
@@ -23,10 +23,11 @@ TOP = {
 
 
 def _summary(path: Path) -> str:
-    """The first sentence-line of a module's docstring (a package's `__init__.py`)."""
+    """The first sentence of a module's docstring (a package's `__init__.py`)."""
     doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""
-    line = doc.strip().splitlines()[0] if doc.strip() else ""
-    return line.rstrip(":")
+    paragraph = " ".join(doc.strip().split("\n\n")[0].split())
+    sentence = paragraph.split(". ")[0].split("; ")[0]
+    return sentence.rstrip(".:")
 
 
 def _entries(package: Path, prefix: str, depth: int) -> list[tuple[str, str]]:

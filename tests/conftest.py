@@ -1,4 +1,9 @@
-"""Shared test set-up: offline always, quiet logs, fixtures for tiny models and the repo root."""
+"""Shared test set-up: offline always, a fresh plugin registry per test, and session fixtures for
+the tiny models (written once per run) and the repo root.
+
+tests/unit/<subsystem>/ mirrors src/adapterkit/; tests/system/ holds the CLI, crash and end-to-end
+tests that run whole commands or child processes.
+"""
 
 from __future__ import annotations
 
@@ -29,3 +34,27 @@ def _fresh_plugin_state(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(var, raising=False)
     plugins.load_registry.cache_clear()
     plugins.plugin_manager.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def tok():
+    """The tiny causal-LM tokenizer (a chat template, ChatML end-of-turn)."""
+    from adapterkit.testing import tiny_tokenizer
+
+    return tiny_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random BERT model directory with its WordPiece tokenizer; read-only for tests."""
+    from adapterkit.testing import save_tiny_bert_dir
+
+    return save_tiny_bert_dir(tmp_path_factory.mktemp("bert"))
+
+
+@pytest.fixture(scope="session")
+def llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Llama model directory (tied embeddings); read-only for tests."""
+    from adapterkit.testing import save_tiny_llama_dir
+
+    return save_tiny_llama_dir(tmp_path_factory.mktemp("llama"))

@@ -4,7 +4,7 @@
     task:     {name, options}
     data:     {train, eval, max_train_rows, max_eval_rows}
     strategy: {name, options}
-    train:    adapterkit.train_config.TrainConfig (steps, batch, schedule, precision, ...)
+    train:    adapterkit.train.config.TrainConfig (steps, batch, schedule, precision, ...)
 
 `resolve` fills defaults and parses the strategy's and task's options into their dataclasses before
 anything heavy loads (no torch import), so a typo costs milliseconds, not a model load.

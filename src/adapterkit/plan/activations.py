@@ -4,7 +4,7 @@
 *saved tensors*), each storage counted once. Which tensors an op saves follows from its derivative
 formula and from which of its inputs require grad; the lists below were written from PyTorch's
 derivative definitions and checked against the saved tensors of real tiny models
-(tests/test_estimate.py walks the autograd graph and compares).
+(tests/unit/plan/test_memory.py walks the autograd graph and compares).
 
 Everything is fp32 (the trainer's default `precision: fp32`): 4 bytes an element; token ids are
 int64 (8 bytes). bf16 autocast is not modelled.

@@ -1,5 +1,6 @@
-"""The sizes and the trainable set that activation memory is computed from, and the byte sizes of
-the element types involved (see estimate_activations.py for the formulas).
+"""The sizes and the trainable set activation memory is computed from; element byte sizes.
+
+The formulas are in activations.py and families/.
 """
 
 from __future__ import annotations

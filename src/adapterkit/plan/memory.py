@@ -6,11 +6,11 @@ For each strategy, in bytes:
     gradients          one float32 gradient per trainable parameter
     optimizer          AdamW: two float32 moments per trainable parameter + a float32 `step` per
                        trainable tensor (torch keeps it as a 0-dim tensor)
-    activations        saved tensors for backward (estimate_activations.py), with and without
+    activations        saved tensors for backward (activations.py), with and without
                        gradient checkpointing
     logits_and_loss    the float32 logits and the cross entropy's copies of them
     block_transient    the largest working set of one block's forward that is not kept for
-                       backward (estimate_activations.block_transient)
+                       backward (activations.block_transient)
     runtime_overhead   CPU: the resident process before any model (CPU_RUNTIME_BYTES); CUDA: the
                        cuBLAS workspaces (CUDA_CUBLAS_WORKSPACE_BYTES)
     checkpoint_mapped  CPU, QLoRA: the checkpoint pages of the weights it quantized, still mapped

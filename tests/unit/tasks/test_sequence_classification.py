@@ -19,7 +19,7 @@ from adapterkit.tasks.sequence_classification import (
     SequenceClassification,
     classification_metrics,
 )
-from adapterkit.testing import save_tiny_bert_dir, save_tiny_llama_dir, tiny_bert_tokenizer
+from adapterkit.testing import save_tiny_llama_dir, tiny_bert_tokenizer
 
 TASK = SequenceClassification()
 
@@ -41,11 +41,6 @@ def write(path: Path, text: str) -> Path:
 
 def tsv(path: Path, header: str, lines: list[str]) -> Path:
     return write(path, "\n".join([header, *lines]) + "\n")
-
-
-@pytest.fixture(scope="module")
-def bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_tiny_bert_dir(tmp_path_factory.mktemp("bert"))
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import pytest
 from adapterkit.errors import RecipeError, UserError
 from adapterkit.recipe import TrainConfig, apply_overrides, resolve
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[3]
 RECIPES = sorted((ROOT / "recipes").rglob("*.yaml"))
 
 

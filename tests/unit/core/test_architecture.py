@@ -20,7 +20,7 @@ import pytest
 
 from adapterkit.plugins import BUILTINS, load_registry
 
-SRC = Path(__file__).resolve().parents[1] / "src" / "adapterkit"
+SRC = Path(__file__).resolve().parents[3] / "src" / "adapterkit"
 PLUGIN_PACKAGES = ("adapterkit_strategies", "adapterkit.tasks")
 WORDS_TOO_COMMON = {"full", "head"}  # ordinary words: only an exact string counts
 

@@ -12,14 +12,9 @@ import torch
 
 from adapterkit.errors import DataError
 from adapterkit.tasks.causal_lm import IGNORE, CausalLM, Options
-from adapterkit.testing import save_tiny_llama_dir, tiny_llama, tiny_tokenizer
+from adapterkit.testing import save_tiny_llama_dir, tiny_llama
 
 TASK = CausalLM()
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return tiny_tokenizer()
 
 
 def ids_of(tok, text: str) -> list[int]:

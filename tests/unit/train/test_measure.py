@@ -47,7 +47,7 @@ def test_release_memory_is_off_by_default_and_checked_in_recipes() -> None:
     from adapterkit.train.config import TrainConfig
 
     assert TrainConfig().release_memory is False
-    recipe = Path(__file__).resolve().parents[1] / "recipes/minilm/sst2-lora.yaml"
+    recipe = Path(__file__).resolve().parents[3] / "recipes/minilm/sst2-lora.yaml"
     assert resolve(recipe, ["train.release_memory=true"]).train.release_memory is True
     with pytest.raises(RecipeError, match=r"train\.release_memory"):
         resolve(recipe, ["train.release_memory=sometimes"])

@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from adapterkit.errors import PluginError
 from adapterkit.strategy import freeze, trainable_state_dict, unfreeze
 from adapterkit.tasks.causal_lm import CausalLM, Options
-from adapterkit.testing import tiny_llama, tiny_tokenizer
+from adapterkit.testing import tiny_llama
 from adapterkit.train.inputs import AdapterBinding, TrainData
 from adapterkit.train.trainer import (
     TrainConfig,
@@ -33,11 +33,6 @@ ROWS = [
     {"instruction": "why", "input": "the dog is sad", "output": "no"},
     {"instruction": "tell me", "output": "one two three four five six seven eight nine ten"},
 ]
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return tiny_tokenizer()
 
 
 @pytest.fixture(scope="module")

@@ -22,8 +22,6 @@ from adapterkit.tasks.sequence_classification import SequenceClassification
 from adapterkit.tasks.token_classification import Options as TokOptions
 from adapterkit.tasks.token_classification import TokenClassification
 from adapterkit.testing import (
-    save_tiny_bert_dir,
-    save_tiny_llama_dir,
     tiny_bert_config,
     tiny_bert_tokenizer,
     tiny_llama_config,
@@ -31,16 +29,6 @@ from adapterkit.testing import (
 )
 
 LM, SEQ, TOK = CausalLM(), SequenceClassification(), TokenClassification()
-
-
-@pytest.fixture(scope="module")
-def bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_tiny_bert_dir(tmp_path_factory.mktemp("bert"))
-
-
-@pytest.fixture(scope="module")
-def llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_tiny_llama_dir(tmp_path_factory.mktemp("llama"))
 
 
 # ---- padding: the collate bodies the tasks had before they shared _batching.pad_batch -------------

@@ -144,7 +144,7 @@ def test_gradients_and_adamw_state_match_a_real_step(
     kind: str, strategy: str, options: dict
 ) -> None:
     from adapterkit.train.config import TrainConfig
-    from adapterkit.train.trainer import _optimizer
+    from adapterkit.train.optim import make_optimizer as _optimizer
 
     model = _real(kind, strategy, options)
     optimizer = _optimizer(model, TrainConfig())

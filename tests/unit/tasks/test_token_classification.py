@@ -22,7 +22,7 @@ from adapterkit.tasks.token_classification import (
     tag_metrics,
     word_tags,
 )
-from adapterkit.testing import save_tiny_bert_dir, save_tiny_llama_dir, tiny_bert_tokenizer
+from adapterkit.testing import save_tiny_llama_dir, tiny_bert_tokenizer
 
 TASK = TokenClassification()
 
@@ -39,11 +39,6 @@ def conll(sentences: list[list[tuple[str, str]]]) -> str:
 @pytest.fixture(scope="module")
 def bert_tok():
     return tiny_bert_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_tiny_bert_dir(tmp_path_factory.mktemp("bert"))
 
 
 class FakeTagger(nn.Module):

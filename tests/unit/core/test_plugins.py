@@ -19,7 +19,7 @@ from adapterkit import hookimpl
 from adapterkit.errors import PluginError
 from adapterkit.plugins import build_registry, get_plugin_manager
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parents[2]  # tests/
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from adapterkit.strategy import freeze, load_named_tensors, load_trainable_tenso
 from adapterkit.testing import ConformanceError, TaskCase, check_strategy, check_task
 from adapterkit.testing.fixtures import conll_rows, instruction_rows
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 ALL_TASKS = ["causal_lm", "sequence_classification", "token_classification"]
 
 

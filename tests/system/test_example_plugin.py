@@ -22,7 +22,7 @@ import torch
 
 from adapterkit.testing import save_tiny_llama_dir
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "adapterkit-ia3"
 RECIPE = EXAMPLE / "recipes" / "smollm2-ia3.yaml"
 SOURCES = {"adapterkit-ia3": EXAMPLE, "adapterkit-norms": ROOT / "tests" / "plugin_dist"}

@@ -21,7 +21,7 @@ from adapterkit.cli import cli
 from adapterkit.recipe import resolve
 from adapterkit.testing import save_tiny_llama_dir
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 ROWS = [
     {"instruction": "write one two three", "output": "one two three ."},
     {"instruction": "name a colour", "input": "red or blue", "output": "blue ."},
