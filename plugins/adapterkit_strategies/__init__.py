@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from adapterkit.hookspecs import hookimpl
+from adapterkit.strategy import Strategy
 
 from .full import Full
 from .head import Head
@@ -20,7 +21,11 @@ from .qlora import Qlora
 __all__ = ["Full", "Head", "LastN", "Lora", "Qlora", "register_strategies"]
 
 
+# Typed as the protocol, so the type checker proves each built-in meets it.
+_BUILTINS: tuple[type[Strategy], ...] = (Full, Head, LastN, Lora, Qlora)
+
+
 @hookimpl
 def register_strategies(register: Callable[[type[Any]], None]) -> None:
-    for cls in (Full, Head, LastN, Lora, Qlora):
+    for cls in _BUILTINS:
         register(cls)

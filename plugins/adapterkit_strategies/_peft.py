@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 from pydantic import Field
 
@@ -19,6 +19,7 @@ from adapterkit.strategy import ModelParts
 
 if TYPE_CHECKING:
     import torch
+    from peft import LoraConfig
     from torch import nn
 
 PEFT_CONFIG_FILE = "adapter_config.json"
@@ -61,7 +62,7 @@ def _head_pattern(head: tuple[str, ...]) -> str | None:
     return "(?:" + "|".join(re.escape(h) for h in head) + r")(?:\..+)?"
 
 
-def lora_config(options: Any, parts: ModelParts) -> Any:
+def lora_config(options: LoraOptions, parts: ModelParts) -> LoraConfig:
     """The peft LoraConfig for `options`: LoRA never adapts a head module; a new head trains whole.
 
     `target_modules=None` means peft's "all-linear", which already leaves out a causal LM's output
@@ -72,7 +73,8 @@ def lora_config(options: Any, parts: ModelParts) -> Any:
 
     return LoraConfig(
         r=options.r,
-        lora_alpha=options.alpha,
+        # peft annotates lora_alpha as int, but computes scaling = alpha / r from any number
+        lora_alpha=options.alpha,  # pyright: ignore[reportArgumentType]
         lora_dropout=options.dropout,
         target_modules=list(options.target_modules) if options.target_modules else "all-linear",
         exclude_modules=_head_pattern(parts.head),
@@ -82,7 +84,7 @@ def lora_config(options: Any, parts: ModelParts) -> Any:
     )
 
 
-def wrap_lora(model: nn.Module, options: Any, parts: ModelParts) -> nn.Module:
+def wrap_lora(model: nn.Module, options: LoraOptions, parts: ModelParts) -> nn.Module:
     """Inject LoRA layers; returns the PeftModel whose only trainable tensors are the adapter's.
 
     peft freezes the base and leaves `requires_grad` on the LoRA matrices (and DoRA magnitudes) and
@@ -138,6 +140,10 @@ def peft_config_file(model: nn.Module) -> dict[str, bytes]:
     Sets become sorted lists (JSON has no sets; sorted so equal configs give equal files), and
     `inference_mode` is true, as peft saves it.
     """
+    from peft import PeftModel
+
+    if not isinstance(model, PeftModel):
+        raise TypeError(f"expected the PeftModel wrap_lora returns, got {type(model).__name__}")
     config = model.peft_config["default"].to_dict()
     for key, value in config.items():
         if isinstance(value, set):

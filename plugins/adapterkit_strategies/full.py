@@ -17,6 +17,11 @@ if TYPE_CHECKING:
     from torch import nn
 
 
+@dataclass
+class FullOptions:
+    """Full fine-tuning has no options of its own (learning rate etc. belong to `train`)."""
+
+
 class Full:
     """Train every parameter; the adapter is the whole model (each tied tensor once).
 
@@ -29,22 +34,19 @@ class Full:
         "Full fine-tuning: every parameter trains; the adapter holds the whole model "
         "(tied embeddings once). Most memory, no approximation."
     )
+    Options: ClassVar[type] = FullOptions
 
-    @dataclass
-    class Options:
-        """Full fine-tuning has no options of its own (learning rate etc. belong to `train`)."""
-
-    def load_kwargs(self, options: Any, parts: ModelParts) -> dict[str, Any]:
+    def load_kwargs(self, options: FullOptions, parts: ModelParts) -> dict[str, Any]:
         return {}
 
-    def apply(self, model: nn.Module, options: Any, parts: ModelParts) -> nn.Module:
+    def apply(self, model: nn.Module, options: FullOptions, parts: ModelParts) -> nn.Module:
         unfreeze(model)
         return model
 
-    def adapter_state_dict(self, model: nn.Module, options: Any) -> dict[str, torch.Tensor]:
+    def adapter_state_dict(self, model: nn.Module, options: FullOptions) -> dict[str, torch.Tensor]:
         return trainable_state_dict(model)
 
     def load_adapter_state_dict(
-        self, model: nn.Module, tensors: dict[str, torch.Tensor], options: Any
+        self, model: nn.Module, tensors: dict[str, torch.Tensor], options: FullOptions
     ) -> None:
         load_trainable_tensors(model, tensors)

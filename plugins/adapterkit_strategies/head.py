@@ -19,6 +19,11 @@ if TYPE_CHECKING:
     from torch import nn
 
 
+@dataclass
+class HeadOptions:
+    """The head is chosen by the task (`parts.head`), so there is nothing to set here."""
+
+
 class Head:
     """Freeze the backbone and train only the task's head modules (`parts.head`).
 
@@ -35,24 +40,21 @@ class Head:
         "Frozen backbone; only the task head trains (an LM head, or a new classifier). With tied "
         "input/output embeddings the shared matrix trains, stored once (not untied)."
     )
+    Options: ClassVar[type] = HeadOptions
 
-    @dataclass
-    class Options:
-        """The head is chosen by the task (`parts.head`), so there is nothing to set here."""
-
-    def load_kwargs(self, options: Any, parts: ModelParts) -> dict[str, Any]:
+    def load_kwargs(self, options: HeadOptions, parts: ModelParts) -> dict[str, Any]:
         return {}
 
-    def apply(self, model: nn.Module, options: Any, parts: ModelParts) -> nn.Module:
+    def apply(self, model: nn.Module, options: HeadOptions, parts: ModelParts) -> nn.Module:
         freeze(model)
         for name in parts.head:
             unfreeze(submodule(model, name))
         return model
 
-    def adapter_state_dict(self, model: nn.Module, options: Any) -> dict[str, torch.Tensor]:
+    def adapter_state_dict(self, model: nn.Module, options: HeadOptions) -> dict[str, torch.Tensor]:
         return trainable_state_dict(model)
 
     def load_adapter_state_dict(
-        self, model: nn.Module, tensors: dict[str, torch.Tensor], options: Any
+        self, model: nn.Module, tensors: dict[str, torch.Tensor], options: HeadOptions
     ) -> None:
         load_trainable_tensors(model, tensors)

@@ -24,6 +24,15 @@ if TYPE_CHECKING:
     from torch import nn
 
 
+@dataclass
+class LastNOptions:
+    n: Annotated[int, Field(ge=1, description="how many of the last blocks train")] = 2
+    train_head: Annotated[
+        bool | None,
+        Field(description="train the head too; default: only when the task adds a new head"),
+    ] = None
+
+
 class LastN:
     """Train the last `n` transformer blocks, the norm after them, and optionally the head.
 
@@ -39,19 +48,12 @@ class LastN:
         "The last n transformer blocks and the final norm train (the head too when new, or when "
         "train_head=true); everything before them is frozen."
     )
+    Options: ClassVar[type] = LastNOptions
 
-    @dataclass
-    class Options:
-        n: Annotated[int, Field(ge=1, description="how many of the last blocks train")] = 2
-        train_head: Annotated[
-            bool | None,
-            Field(description="train the head too; default: only when the task adds a new head"),
-        ] = None
-
-    def load_kwargs(self, options: Any, parts: ModelParts) -> dict[str, Any]:
+    def load_kwargs(self, options: LastNOptions, parts: ModelParts) -> dict[str, Any]:
         return {}
 
-    def apply(self, model: nn.Module, options: Any, parts: ModelParts) -> nn.Module:
+    def apply(self, model: nn.Module, options: LastNOptions, parts: ModelParts) -> nn.Module:
         blocks_name, blocks = find_blocks(model)
         if options.n > len(blocks):
             raise RecipeError(
@@ -73,10 +75,12 @@ class LastN:
                 unfreeze(submodule(model, name))
         return model
 
-    def adapter_state_dict(self, model: nn.Module, options: Any) -> dict[str, torch.Tensor]:
+    def adapter_state_dict(
+        self, model: nn.Module, options: LastNOptions
+    ) -> dict[str, torch.Tensor]:
         return trainable_state_dict(model)
 
     def load_adapter_state_dict(
-        self, model: nn.Module, tensors: dict[str, torch.Tensor], options: Any
+        self, model: nn.Module, tensors: dict[str, torch.Tensor], options: LastNOptions
     ) -> None:
         load_trainable_tensors(model, tensors)

@@ -28,19 +28,19 @@ class Lora:
     )
     Options: ClassVar[type] = LoraOptions
 
-    def load_kwargs(self, options: Any, parts: ModelParts) -> dict[str, Any]:
+    def load_kwargs(self, options: LoraOptions, parts: ModelParts) -> dict[str, Any]:
         return {}
 
-    def apply(self, model: nn.Module, options: Any, parts: ModelParts) -> nn.Module:
+    def apply(self, model: nn.Module, options: LoraOptions, parts: ModelParts) -> nn.Module:
         return wrap_lora(model, options, parts)
 
-    def adapter_state_dict(self, model: nn.Module, options: Any) -> dict[str, torch.Tensor]:
+    def adapter_state_dict(self, model: nn.Module, options: LoraOptions) -> dict[str, torch.Tensor]:
         return lora_state_dict(model)
 
     def load_adapter_state_dict(
-        self, model: nn.Module, tensors: dict[str, torch.Tensor], options: Any
+        self, model: nn.Module, tensors: dict[str, torch.Tensor], options: LoraOptions
     ) -> None:
         load_lora_state_dict(model, tensors)
 
-    def extra_files(self, model: nn.Module, options: Any) -> dict[str, bytes]:
+    def extra_files(self, model: nn.Module, options: LoraOptions) -> dict[str, bytes]:
         return peft_config_file(model)

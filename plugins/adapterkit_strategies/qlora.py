@@ -22,6 +22,9 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+_CPU_PACKING = "support_avx512bf16_for_cpu"
+"""The `Linear4bit` attribute that switches its in-place CPU repacking on (bitsandbytes 0.50)."""
+
 
 def disable_cpu_4bit_packing(model: nn.Module) -> int:
     """Keep bitsandbytes' CPU inference repacking off every 4-bit layer; returns how many.
@@ -35,10 +38,21 @@ def disable_cpu_4bit_packing(model: nn.Module) -> int:
     """
     count = 0
     for module in model.modules():
-        if hasattr(module, "support_avx512bf16_for_cpu"):
-            module.support_avx512bf16_for_cpu = False
+        if hasattr(module, _CPU_PACKING):
+            # setattr: torch types Module.__setattr__'s value as Tensor | Module only
+            setattr(module, _CPU_PACKING, False)
             count += 1
     return count
+
+
+@dataclass
+class QloraOptions(LoraOptions):
+    """LoRA's options, and the dtype the 4-bit layers compute in."""
+
+    compute_dtype: Annotated[
+        Literal["float32", "bfloat16", "float16"],
+        Field(description="dtype the 4-bit layers compute in (bfloat16 is faster on GPUs)"),
+    ] = "float32"
 
 
 class Qlora:
@@ -61,15 +75,9 @@ class Qlora:
         "QLoRA: LoRA on a 4-bit NF4 base (bitsandbytes; CPU works too); the head is never "
         "quantized. Least memory; saves a peft-compatible adapter."
     )
+    Options: ClassVar[type] = QloraOptions
 
-    @dataclass
-    class Options(LoraOptions):
-        compute_dtype: Annotated[
-            Literal["float32", "bfloat16", "float16"],
-            Field(description="dtype the 4-bit layers compute in (bfloat16 is faster on GPUs)"),
-        ] = "float32"
-
-    def load_kwargs(self, options: Any, parts: ModelParts) -> dict[str, Any]:
+    def load_kwargs(self, options: QloraOptions, parts: ModelParts) -> dict[str, Any]:
         import torch
         from transformers import BitsAndBytesConfig
 
@@ -83,7 +91,7 @@ class Qlora:
             )
         }
 
-    def apply(self, model: nn.Module, options: Any, parts: ModelParts) -> nn.Module:
+    def apply(self, model: nn.Module, options: QloraOptions, parts: ModelParts) -> nn.Module:
         from peft import prepare_model_for_kbit_training
 
         if not getattr(model, "is_loaded_in_4bit", False):
@@ -96,19 +104,21 @@ class Qlora:
         disable_cpu_4bit_packing(model)
         return wrap_lora(model, options, parts)
 
-    def plan_apply(self, model: nn.Module, options: Any, parts: ModelParts) -> nn.Module:
+    def plan_apply(self, model: nn.Module, options: QloraOptions, parts: ModelParts) -> nn.Module:
         """On a meta-device model (never 4-bit), the trainable set is LoRA's on the same base:
         `prepare_model_for_kbit_training` only freezes and casts, so the wrapping `apply` ends with
         is applied directly."""
         return wrap_lora(model, options, parts)
 
-    def adapter_state_dict(self, model: nn.Module, options: Any) -> dict[str, torch.Tensor]:
+    def adapter_state_dict(
+        self, model: nn.Module, options: QloraOptions
+    ) -> dict[str, torch.Tensor]:
         return lora_state_dict(model)
 
     def load_adapter_state_dict(
-        self, model: nn.Module, tensors: dict[str, torch.Tensor], options: Any
+        self, model: nn.Module, tensors: dict[str, torch.Tensor], options: QloraOptions
     ) -> None:
         load_lora_state_dict(model, tensors)
 
-    def extra_files(self, model: nn.Module, options: Any) -> dict[str, bytes]:
+    def extra_files(self, model: nn.Module, options: QloraOptions) -> dict[str, bytes]:
         return peft_config_file(model)

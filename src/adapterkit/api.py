@@ -13,8 +13,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -27,6 +28,11 @@ from adapterkit.storage.run_dir import check_resumable, prepare_out_dir, recover
 from adapterkit.strategy import Strategy, extra_files
 from adapterkit.task import Task, collate_all
 
+if TYPE_CHECKING:
+    from torch import nn
+
+    from adapterkit.train.inputs import Resume
+
 log = logging.getLogger("adapterkit")
 
 
@@ -34,11 +40,11 @@ log = logging.getLogger("adapterkit")
 class Loaded:
     """A base model with an adapter applied, and what is needed to use it."""
 
-    model: Any
+    model: nn.Module
     tokenizer: Any
-    task: Any
+    task: Task
     task_options: Any
-    strategy: Any
+    strategy: Strategy
     strategy_options: Any
     manifest: dict[str, Any]
 
@@ -60,7 +66,7 @@ def quiet_known_notices() -> None:
     )
 
 
-def _read(task: Any, path: str | None, task_options: Any, limit: int | None = None) -> list[dict]:
+def _read(task: Task, path: str | None, task_options: Any, limit: int | None = None) -> list[dict]:
     if path is None:
         return []
     rows = task.read(Path(path), task_options)
@@ -92,7 +98,9 @@ def _holdout(rows: list[dict], n: int, where: str) -> tuple[list[dict], list[dic
     return [r for i, r in enumerate(rows) if i not in held], [rows[i] for i in sorted(held)]
 
 
-def _score(task: Any, model: Any, examples: list[dict], tokenizer: Any, options: Any) -> dict:
+def _score(
+    task: Task, model: nn.Module, examples: list[dict], tokenizer: Any, options: Any
+) -> dict:
     import torch
 
     was_training = model.training
@@ -181,14 +189,16 @@ def train(
     return metrics
 
 
-def _saver(strategy: Strategy, options: Any, manifest: dict, recipe: Recipe) -> Any:
+def _saver(
+    strategy: Strategy, options: Any, manifest: dict, recipe: Recipe
+) -> Callable[[nn.Module, Path], int]:
     """Writes the adapter directory: the strategy's tensors and extra files, the manifest and the
     resolved recipe; returns the adapter's size in bytes."""
     from adapterkit.storage import adapter_format
 
     resolved_yaml = yaml.safe_dump(recipe.to_dict(), sort_keys=False).encode()
 
-    def save(model: Any, path: Path) -> int:
+    def save(model: nn.Module, path: Path) -> int:
         extra = extra_files(strategy, model, options)
         extra["recipe.yaml"] = resolved_yaml
         tensors = strategy.adapter_state_dict(model, options)
@@ -197,7 +207,7 @@ def _saver(strategy: Strategy, options: Any, manifest: dict, recipe: Recipe) -> 
     return save
 
 
-def _resume(checkpoint: Path | None, recipe: Recipe, out_dir: Path, hint: str | None) -> Any:
+def _resume(checkpoint: Path | None, recipe: Recipe, out_dir: Path, hint: str | None) -> Resume:
     """How this run continues (from `checkpoint`, if any) and can be continued after a stop."""
     from adapterkit.storage import checkpoints
     from adapterkit.train.inputs import Resume
@@ -214,10 +224,10 @@ def _resume(checkpoint: Path | None, recipe: Recipe, out_dir: Path, hint: str | 
 
 
 def _test_metrics(
-    model: Any,
-    strategy: Any,
+    model: nn.Module,
+    strategy: Strategy,
     s_opts: Any,
-    task: Any,
+    task: Task,
     examples: list[dict],
     tokenizer: Any,
     t_opts: Any,
@@ -311,12 +321,13 @@ def evaluate(adapter_dir: Path, data: Path, batch_size: int = 8) -> dict[str, An
 def predict(adapter_dir: Path, data: Path, batch_size: int = 32) -> list[dict[str, Any]]:
     """Per-row predictions (label and score, or a tag per word) for a file in the task's format."""
     loaded = load(adapter_dir)
-    if not hasattr(loaded.task, "predict"):
+    predict_rows = getattr(loaded.task, "predict", None)  # an optional Task member
+    if predict_rows is None:
         raise UserError(f"task '{loaded.task.name}' has no predictions; use `adapterkit generate`")
     rows = loaded.task.read(Path(data), loaded.task_options)
     if not rows:
         raise UserError(f"{data}: no rows to predict")
-    return loaded.task.predict(
+    return predict_rows(
         loaded.model, loaded.tokenizer, rows, loaded.task_options, batch_size=batch_size
     )
 
@@ -330,15 +341,18 @@ def generate(
         task, t_opts, m, tok = loaded.task, loaded.task_options, loaded.model, loaded.tokenizer
     else:
         task = _generating_task()
+        if model is None:
+            raise TypeError("generate() needs an adapter or a model")
         t_opts, _ = opts.parse(type(task).Options, {}, "task")
         m, tok = task.load_model(sources.resolve(model), t_opts, {})
         m.eval()
-    if not hasattr(task, "generate"):
+    answer = getattr(task, "generate", None)  # an optional Task member
+    if answer is None:
         raise UserError(f"task '{task.name}' does not generate text; use `adapterkit predict`")
-    return task.generate(m, tok, prompt, t_opts, max_new_tokens=max_new_tokens)
+    return answer(m, tok, prompt, t_opts, max_new_tokens=max_new_tokens)
 
 
-def _generating_task() -> Any:
+def _generating_task() -> Task:
     """The one registered task that generates text (has `generate`), for a bare base model."""
     from adapterkit.plugins import load_registry
 

@@ -25,10 +25,16 @@ if TYPE_CHECKING:
 
 
 class ModelSettings(Protocol):
-    """The recipe's `model` section as the build needs it (`ModelConfig`, or a manifest's)."""
+    """The recipe's `model` section as the build needs it (`ModelSection`, or a manifest's).
 
-    dtype: str
-    trust_remote_code: bool
+    Read-only members, so a frozen dataclass and a `Literal`-typed `dtype` both qualify.
+    """
+
+    @property
+    def dtype(self) -> str: ...
+
+    @property
+    def trust_remote_code(self) -> bool: ...
 
 
 @dataclasses.dataclass(frozen=True)

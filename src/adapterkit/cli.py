@@ -9,12 +9,15 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import click
 
 from adapterkit import units
 from adapterkit.errors import UserError
+
+if TYPE_CHECKING:
+    from adapterkit.registry import Kind, Registry
 
 
 class _Group(click.Group):
@@ -50,7 +53,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
     ctx.meta["adapterkit.debug"] = debug
 
 
-def _registry() -> Any:
+def _registry() -> Registry:
     from adapterkit.plugins import load_registry
 
     return load_registry()
@@ -62,7 +65,7 @@ def _option_rows(cls: type) -> list[dict[str, Any]]:
     return [dict(vars(o)) for o in describe(cls.Options)]
 
 
-def _list(kind: str, as_json: bool) -> None:
+def _list(kind: Kind, as_json: bool) -> None:
     reg = _registry()
     items = []
     for name in reg.names(kind):
@@ -235,7 +238,7 @@ def plan(
     overrides: tuple[str, ...],
     strategies: str | None,
     budget: str | None,
-    device: str | None,
+    device: Literal["cpu", "cuda"] | None,
     model: str | None,
     as_json: bool,
 ) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import Field
@@ -26,6 +26,8 @@ from adapterkit.registry import Registry
 from adapterkit.train.config import TrainConfig
 
 SECTIONS = ("model", "task", "data", "strategy", "train")
+
+_Section = TypeVar("_Section")
 
 
 @dataclasses.dataclass
@@ -203,16 +205,17 @@ def _named(
     return Named(name, parsed) if parsed is not None else None
 
 
-def _plain(cls: type, raw: dict[str, Any], where: str, problems: list[str]) -> Any:
+def _plain(
+    cls: type[_Section], raw: dict[str, Any], where: str, problems: list[str]
+) -> _Section | None:
+    """`raw` parsed into `cls`; None, with the reasons added to `problems`, when it does not parse."""
     parsed, errs = opts.parse(cls, raw, where)
     problems += errs
     return parsed
 
 
-def _resolve_path(value: str | None, base: Path, from_override: bool) -> str | None:
+def _resolve_path(value: str, base: Path, from_override: bool) -> str:
     """Paths in the file are relative to the recipe; paths typed on the command line to the cwd."""
-    if value is None:
-        return None
     p = Path(value)
     # "~nobody/x" names no user: expanduser raises; keep it as written (reported as not found)
     with contextlib.suppress(RuntimeError):
@@ -256,13 +259,23 @@ def resolve(
         if dsec.eval is not None and dsec.holdout is not None:
             problems.append("data.holdout: give data.eval or data.holdout, not both")
         for key in ("eval", "test"):
-            setattr(dsec, key, _resolve_path(getattr(dsec, key), base, f"data.{key}" in touched))
+            value = getattr(dsec, key)
+            if value is not None:
+                setattr(dsec, key, _resolve_path(value, base, f"data.{key}" in touched))
         for key in ("train", "eval", "test"):
             value = getattr(dsec, key)
             if value is not None and not Path(value).is_file():
                 problems.append(f"data.{key}: file not found: {value}")
 
-    if problems:
+    # A section is None only when it is missing or did not parse, and either is a problem.
+    if (
+        problems
+        or model is None
+        or task is None
+        or dsec is None
+        or strategy is None
+        or train is None
+    ):
         raise RecipeError(str(path), [_with_line(p, lines, touched) for p in problems])
     return Recipe(str(path), model, task, dsec, strategy, train)
 

@@ -81,10 +81,10 @@ class Registry:
             )
         return table[name]()
 
-    def strategy(self, name: str) -> Any:
+    def strategy(self, name: str) -> Strategy:
         return self.get("strategy", name)
 
-    def task(self, name: str) -> Any:
+    def task(self, name: str) -> Task:
         return self.get("task", name)
 
     def names(self, kind: Kind) -> list[str]:

@@ -88,8 +88,9 @@ class Strategy(Protocol):
 # The core reaches them only through the functions below, never by a strategy's name.
 
 
-def quantized_base(strategy: Any) -> bool:
-    """Whether the strategy loads its base in 4 bits (`quantized_base`, default False)."""
+def quantized_base(strategy: Strategy | type[Strategy]) -> bool:
+    """Whether the strategy (an instance or its class) loads its base in 4 bits (`quantized_base`,
+    default False)."""
     return bool(getattr(strategy, "quantized_base", False))
 
 

@@ -6,7 +6,7 @@ The formulas are in activations.py and families/.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 FP32 = 4  # bytes of a float32 element: activations, gradients and AdamW moments are float32
 INT64 = 8  # bytes of an int64 element: token ids and targets
@@ -39,19 +39,19 @@ class Arch:
     max_positions: int = 0
 
 
-def arch_from_config(config: object) -> Arch:
+def arch_from_config(config: Any) -> Arch:
     """Read the sizes from a config; ValueError for a family whose blocks are not written out."""
     model_type = getattr(config, "model_type", "")
-    hidden = int(config.hidden_size)  # type: ignore[attr-defined]
-    heads = int(config.num_attention_heads)  # type: ignore[attr-defined]
+    hidden = int(config.hidden_size)
+    heads = int(config.num_attention_heads)
     head_dim = int(getattr(config, "head_dim", None) or hidden // heads)
     common = {
         "hidden": hidden,
-        "intermediate": int(config.intermediate_size),  # type: ignore[attr-defined]
+        "intermediate": int(config.intermediate_size),
         "heads": heads,
         "head_dim": head_dim,
-        "vocab": int(config.vocab_size),  # type: ignore[attr-defined]
-        "layers": int(config.num_hidden_layers),  # type: ignore[attr-defined]
+        "vocab": int(config.vocab_size),
+        "layers": int(config.num_hidden_layers),
         "max_positions": int(getattr(config, "max_position_embeddings", 0) or 0),
     }
     if model_type in LLAMA_TYPES:
@@ -62,8 +62,8 @@ def arch_from_config(config: object) -> Arch:
         return Arch(
             "bert",
             kv_heads=heads,
-            hidden_dropout=float(config.hidden_dropout_prob),  # type: ignore[attr-defined]
-            attention_dropout=float(config.attention_probs_dropout_prob),  # type: ignore[attr-defined]
+            hidden_dropout=float(config.hidden_dropout_prob),
+            attention_dropout=float(config.attention_probs_dropout_prob),
             **common,
         )
     raise ValueError(

@@ -41,8 +41,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from adapterkit.build import build_model
 from adapterkit.plan.activations import Activations, activations, block_transient
-from adapterkit.plan.arch import FP32, Block, Linear, Trainable, arch_from_config
-from adapterkit.plan.weights import planning_source, trainable_tensors, weight_bytes
+from adapterkit.plan.arch import FP32, Arch, Block, Linear, Trainable, arch_from_config
+from adapterkit.plan.weights import base_model, planning_source, trainable_tensors, weight_bytes
 from adapterkit.strategy import quantized_base
 from adapterkit.task import logits_bytes
 
@@ -51,6 +51,7 @@ if TYPE_CHECKING:
 
     from torch import nn
 
+    from adapterkit.recipe import Recipe
     from adapterkit.strategy import Strategy
     from adapterkit.task import Task
 
@@ -89,7 +90,9 @@ class StrategyPlan:
     total_params: int
     components: dict[str, Any]
     gradient_checkpointing: bool | None = None
-    _recompute: Any = dataclasses.field(default=None, repr=False, compare=False)
+    _recompute: Callable[[int], StrategyPlan] | None = dataclasses.field(
+        default=None, repr=False, compare=False
+    )
 
     def peak(self, checkpointed: bool | None = None) -> int:
         """The peak in bytes, with or without gradient checkpointing (default: as planned)."""
@@ -109,10 +112,11 @@ class StrategyPlan:
     ) -> int:
         """The largest batch size (at this sequence length) whose peak fits the budget, 0 when
         none does: doubling, then bisection, over the same formulas."""
-        if self._recompute is None:
+        recompute = self._recompute
+        if recompute is None:
             raise ValueError("this plan was not made by plan(); it cannot be recomputed")
         ckpt = self.gradient_checkpointing if checkpointed is None else checkpointed
-        return _max_batch(lambda b: self._recompute(b).fits(budget_bytes, ckpt), limit)
+        return _max_batch(lambda b: recompute(b).fits(budget_bytes, ckpt), limit)
 
     def as_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -121,7 +125,7 @@ class StrategyPlan:
         return d
 
 
-def _max_batch(ok: Any, limit: int) -> int:
+def _max_batch(ok: Callable[[int], bool], limit: int) -> int:
     if not ok(1):
         return 0
     lo = 1
@@ -168,9 +172,10 @@ def _linear_state(module: nn.Module) -> Linear:
         p.requires_grad for n, p in module.named_parameters() if "lora_" not in n
     )
     lora_a = getattr(module, "lora_A", None)
-    if lora_a is not None and "default" in lora_a:
-        r = int(module.r["default"])
-        drop = module.lora_dropout["default"]
+    if lora_a is not None and "default" in lora_a:  # a peft LoraLayer, read by duck typing
+        ranks: dict[str, int] = getattr(module, "r")  # noqa: B009 (torch types it Tensor | Module)
+        drop = getattr(module, "lora_dropout")["default"]  # noqa: B009
+        r = int(ranks["default"])
         return Linear(trains=trains, lora_r=r, lora_dropout=float(getattr(drop, "p", 0.0)))
     return Linear(trains=trains)
 
@@ -179,7 +184,7 @@ def trainable_layout(model: nn.Module, family: str, head: tuple[str, ...]) -> Tr
     """Read the trainable set off a (meta) model after the strategy was applied."""
     from adapterkit.strategy import final_norm, find_blocks
 
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner = base_model(model)
     blocks_name, blocks = find_blocks(inner)
     out = []
     for blk in blocks:
@@ -319,7 +324,7 @@ def _static(weights: dict[str, Any], tensors: list[tuple[str, int]], device: Dev
 
 def _make(
     name: str,
-    arch: Any,
+    arch: Arch,
     layout: Trainable,
     st: dict,
     logits_fn: Callable[..., int],
@@ -352,10 +357,13 @@ def _make(
     return StrategyPlan(name, b, length, device, st["trainable"], st["logical_params"], comp)
 
 
-def from_recipe(recipe: Any, strategies: list[str] | None, device: Device) -> list[StrategyPlan]:
+def from_recipe(
+    recipe: Recipe, strategies: Sequence[str | type[Strategy]] | None, device: Device
+) -> list[StrategyPlan]:
     """Plan a resolved recipe: its model, task, batch size, max_length and checkpointing.
 
-    `strategies` defaults to the recipe's own; the recipe's strategy options apply to it.
+    `strategies` (names or classes, as for `plan`) defaults to the recipe's own; the recipe's
+    strategy options apply to it.
     """
     from adapterkit import options as opts
 

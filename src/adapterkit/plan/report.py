@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from adapterkit.units import human_bytes
 
 if TYPE_CHECKING:
     from adapterkit.plan.memory import StrategyPlan
+    from adapterkit.recipe import Recipe
 
 
 def format_table(plans: list[StrategyPlan], budget: int | None = None) -> str:
@@ -70,7 +71,7 @@ def quantizing_strategies() -> list[str]:
     ]
 
 
-def plan_advice(recipe: Any) -> str:
+def plan_advice(recipe: Recipe) -> str:
     """What `adapterkit plan` says about this recipe: its peak, with checkpointing, with each
     strategy that quantizes its base, and the largest batch that fits this machine's memory.
     Empty if the planner cannot tell (advice must never hide the error it comes with)."""

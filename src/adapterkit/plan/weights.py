@@ -13,10 +13,11 @@ import math
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
     from torch import nn
+    from transformers import PreTrainedModel
 
     from adapterkit.storage.sources import ModelSource
 
@@ -66,6 +67,16 @@ def planning_source(config_or_source: Any) -> Iterator[tuple[Any, ModelSource]]:
     yield sources.load_config(source), source
 
 
+def base_model(model: nn.Module) -> PreTrainedModel:
+    """The task's transformers model under a strategy's wrapper (peft's `get_base_model()`).
+
+    `Task.meta_model` builds a transformers model class; the planner reads its members (the input
+    and output embeddings, `config`), so it is typed as one.
+    """
+    unwrap = getattr(model, "get_base_model", None)
+    return cast("PreTrainedModel", unwrap() if unwrap is not None else model)
+
+
 def trainable_tensors(model: nn.Module) -> list[tuple[str, int]]:
     """(name, numel) of each trainable tensor, each storage once, as the trainer's AdamW sees it."""
     from adapterkit.strategy import trainable_named_parameters
@@ -96,7 +107,7 @@ def quantized_linears(model: nn.Module, head: tuple[str, ...]) -> set[str]:
     nn.Linear except the skipped head modules (`llm_int8_skip_modules`) and the output embeddings."""
     from torch import nn
 
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner = base_model(model)
     out_emb = inner.get_output_embeddings()
     names = set()
     for name, mod in inner.named_modules():
@@ -129,7 +140,7 @@ def weight_bytes(model: nn.Module, quantized: bool, head: tuple[str, ...]) -> di
     a new head (`modules_to_save`) is a second tensor and counts too.
     """
     quant = quantized_linears(model, head) if quantized else set()
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner = base_model(model)
     detail: dict[str, int] = {}
     total_params = 0
     source = 0  # the quantized weights' bytes at the checkpoint's dtype (config; float32 if none)

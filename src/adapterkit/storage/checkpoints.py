@@ -34,7 +34,12 @@ def rng_state() -> dict[str, Any]:
     import torch
 
     version, words, gauss = random.getstate()
-    name, keys, pos, has_gauss, cached = np.random.get_state()
+    # legacy=True is numpy's default: the MT19937 tuple (a dict only for another bit generator,
+    # which np.random's global state never has unless replaced; it could not be restored either).
+    numpy_state = np.random.get_state(legacy=True)
+    if not isinstance(numpy_state, tuple):
+        raise TypeError("numpy's global RNG is not the MT19937 RandomState; cannot checkpoint it")
+    name, keys, pos, has_gauss, cached = numpy_state
     state: dict[str, Any] = {
         "python": [version, list(words), gauss],
         "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],

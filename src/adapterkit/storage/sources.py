@@ -75,9 +75,10 @@ def set_offline() -> None:
     """
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
-    constants = sys.modules.get("huggingface_hub.constants")
-    if constants is not None:
-        constants.HF_HUB_OFFLINE = True  # type: ignore[attr-defined]
+    if "huggingface_hub.constants" in sys.modules:  # already imported: no import cost here
+        from huggingface_hub import constants
+
+        constants.HF_HUB_OFFLINE = True
 
 
 def cache_root() -> Path:

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from adapterkit.hookspecs import hookimpl
+from adapterkit.task import Task
 
 
 @hookimpl
@@ -17,6 +18,7 @@ def register_tasks(register: Callable[[type[Any]], None]) -> None:
     from adapterkit.tasks.sequence_classification import SequenceClassification
     from adapterkit.tasks.token_classification import TokenClassification
 
-    register(CausalLM)
-    register(SequenceClassification)
-    register(TokenClassification)
+    # Typed as the protocol, so the type checker proves each built-in meets it.
+    builtins: tuple[type[Task], ...] = (CausalLM, SequenceClassification, TokenClassification)
+    for cls in builtins:
+        register(cls)

@@ -9,10 +9,10 @@ device it costs no weights and no memory.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from adapterkit.errors import DataError, ModelError
 from adapterkit.strategy import ModelParts
@@ -24,9 +24,16 @@ if TYPE_CHECKING:
     from adapterkit.storage.sources import ModelSource
 
 
-def num_labels(options: Any) -> int:
+class LabelledOptions(Protocol):
+    """The Options of a task with a new head: its label names, None until read from the data."""
+
+    @property
+    def labels(self) -> Sequence[str] | None: ...
+
+
+def num_labels(options: LabelledOptions) -> int:
     """The head size for `options.labels`: their number, or 2 while they are not known yet."""
-    labels = getattr(options, "labels", None)
+    labels = options.labels
     return max(1, len(labels)) if labels else 2
 
 
@@ -56,21 +63,26 @@ def head_parts(kind: str, source: ModelSource, labels: int) -> ModelParts:
     return head_of(_models.meta_model(kind, _models.config_of(source), max(1, labels)))
 
 
-def require_labels(options: Any, what: str) -> list[str]:
+def require_labels(options: LabelledOptions, what: str) -> list[str]:
     """`options.labels`; a ModelError when they are unknown (so would the head's size be).
 
     `what` names the model ("token classifier").
     """
-    if not getattr(options, "labels", None):
+    labels = options.labels
+    if not labels:
         raise ModelError(
             f"the label names of the {what} are unknown; set task.options.labels or train on "
             "labelled data so they are read from it"
         )
-    return [str(x) for x in options.labels]
+    return [str(x) for x in labels]
 
 
 def load_labelled_model(
-    kind: str, source: ModelSource, options: Any, load_kwargs: dict[str, Any], what: str
+    kind: str,
+    source: ModelSource,
+    options: LabelledOptions,
+    load_kwargs: dict[str, Any],
+    what: str,
 ) -> tuple[nn.Module, Any]:
     """(model, tokenizer): `AutoModelFor<kind>` with one output per label, names in its config.
 

@@ -39,11 +39,11 @@ if TYPE_CHECKING:
 
     from adapterkit.api import Loaded
     from adapterkit.recipe import Recipe
-    from adapterkit.strategy import Strategy
+    from adapterkit.strategy import ModelParts, Strategy
 
 
 def check_strategy(
-    strategy_cls: type,
+    strategy_cls: type[Strategy],
     options: Any = None,
     *,
     tasks: Iterable[str | TaskCase] | None = None,
@@ -105,20 +105,20 @@ class _Recording:
     of it that keeps each model its `apply` returns, with a copy of that model's parameters and
     buffers as they were then (before training)."""
 
-    checked: type
+    checked: type[Strategy]
     registered: type
     applied: list[tuple[nn.Module, dict[str, torch.Tensor]]]
 
     @property
     def name(self) -> str:
-        return str(self.checked.name)  # type: ignore[attr-defined]
+        return str(self.checked.name)
 
 
-def _recording(cls: type) -> _Recording:
+def _recording(cls: type[Strategy]) -> _Recording:
     applied: list[tuple[nn.Module, dict[str, torch.Tensor]]] = []
 
-    def apply(self: Any, model: nn.Module, options: Any, parts: Any) -> nn.Module:
-        out = cls.apply(self, model, options, parts)  # type: ignore[attr-defined]
+    def apply(self: Strategy, model: nn.Module, options: Any, parts: ModelParts) -> nn.Module:
+        out = cls.apply(self, model, options, parts)
         applied.append((out, _snapshot(out)))
         return out
 
@@ -127,7 +127,7 @@ def _recording(cls: type) -> _Recording:
 
 
 @contextlib.contextmanager
-def _registered(cls: type) -> Iterator[_Recording]:
+def _registered(cls: type[Strategy]) -> Iterator[_Recording]:
     """`cls`, recording, registered as its name in the process registry; restored afterwards."""
     from adapterkit.plugins import load_registry
 
@@ -291,7 +291,12 @@ def _check_refusals(
 
 
 def _check_meta(
-    check: Check, cls: type, options: Any, trained: nn.Module, loaded: Loaded, recipe: Recipe
+    check: Check,
+    cls: type[Strategy],
+    options: Any,
+    trained: nn.Module,
+    loaded: Loaded,
+    recipe: Recipe,
 ) -> None:
     from adapterkit import task as task_api
     from adapterkit.plan import memory
@@ -312,7 +317,7 @@ def _check_meta(
         check.fail("plans on the meta device", f"plan_apply and apply train other tensors: {diff}")
     done = dataclasses.replace(recipe, task=dataclasses.replace(recipe.task, options=t_opts))
     with check.step("adapterkit.plan.memory.from_recipe plans it"):
-        plans = memory.from_recipe(done, [cls], "cpu")  # type: ignore[list-item]
+        plans = memory.from_recipe(done, [cls], "cpu")
     count = sum(p.numel() for _, p in trainable_named_parameters(trained))
     if len(plans) != 1 or plans[0].trainable_params != count:
         check.fail(

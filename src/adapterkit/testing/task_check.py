@@ -33,9 +33,11 @@ if TYPE_CHECKING:
 
 Batch = dict[str, "torch.Tensor"]
 
+_NEEDS_DATA = "pass data=Path(a small training file in the task's format)"
+
 
 def check_task(
-    task_cls: type, options: Any = None, *, data: Path | None = None, model: str | None = None
+    task_cls: type[Task], options: Any = None, *, data: Path | None = None, model: str | None = None
 ) -> None:
     """Check `task_cls` with `options` (an Options instance, a dict, or None) on `data`, a small
     training file in the task's format (at least 4 usable rows; default: the built-in task's
@@ -44,18 +46,20 @@ def check_task(
     """
     check = Check(f"check_task({getattr(task_cls, '__name__', task_cls)})")
     registers(check, "task", task_cls)
-    case = TASK_CASES.get(task_cls.name)  # type: ignore[attr-defined]
+    case = TASK_CASES.get(task_cls.name)
     if data is None and case is None:
-        check.fail("data", "pass data=Path(a small training file in the task's format)")
+        check.fail("data", _NEEDS_DATA)
     if options is None and data is None and case is not None:
         options = case.options
     options = parse_options(check, task_cls, options, "task.options")
     round_trip(check, task_cls, options, "task.options")
     with tempfile.TemporaryDirectory(prefix="adapterkit-check-") as tmp:
-        if data is None and case is not None:
+        if data is None:
+            if case is None:  # refused above already; this tells the type checker
+                check.fail("data", _NEEDS_DATA)
             data = workspace(case, Path(tmp)).data
         path = model_dir(model or (case.model if case else "llama"), Path(tmp))
-        _check_all(check, task_cls(), options, Path(data), path)  # type: ignore[arg-type]
+        _check_all(check, task_cls(), options, Path(data), path)
 
 
 def _check_all(check: Check, task: Task, options: Any, data: Path, path: Path) -> None:
