@@ -91,7 +91,7 @@ def build_model(
         applied = strategy_api.plan_apply(strategy, model, strategy_options, parts)
         return Built(applied, None, parts)
     if seed is not None:
-        from adapterkit.train.trainer import seed as seed_everything
+        from adapterkit.train.optim import seed as seed_everything
 
         seed_everything(seed)
     kwargs = load_kwargs(strategy, strategy_options, parts, settings or LoadSettings())

@@ -85,7 +85,7 @@ def _list(kind: Kind, as_json: bool) -> None:
         return
     for item in items:
         click.secho(item["name"], bold=True, nl=False)
-        click.echo(f"  ({item['distribution']})  {item['description'].splitlines()[0]}")
+        click.echo(f"  ({item['distribution']})  {(item['description'].splitlines() or [''])[0]}")
         for o in item["options"]:
             click.echo(f"    {o['name']}: {o['type']} = {o['default']!r}  {o['help']}")
 

@@ -22,7 +22,7 @@ from adapterkit.plan.arch import FP32, Arch, Block, Device, Saved, Trainable
 from adapterkit.plan.families import bert, llama
 
 FAMILIES: dict[str, ModuleType] = {"llama": llama, "bert": bert}
-"""Each family module has `block`, `below_blocks`, `above_blocks` and `transient`."""
+"""Each family module has `ROLES`/`role`, `block`, `below_blocks`, `above_blocks`, `transient`."""
 
 
 def _family(a: Arch) -> ModuleType:

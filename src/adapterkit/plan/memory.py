@@ -40,7 +40,7 @@ import functools
 from typing import TYPE_CHECKING, Any, Literal
 
 from adapterkit.build import build_model
-from adapterkit.plan.activations import Activations, activations, block_transient
+from adapterkit.plan.activations import FAMILIES, Activations, activations, block_transient
 from adapterkit.plan.arch import FP32, Arch, Block, Linear, Trainable, arch_from_config
 from adapterkit.plan.weights import base_model, planning_source, trainable_tensors, weight_bytes
 from adapterkit.strategy import quantized_base
@@ -140,27 +140,6 @@ def _max_batch(ok: Callable[[int], bool], limit: int) -> int:
 
 # ---- which parameters train, as activation memory sees it ----------------------------------------
 
-_LLAMA_ROLES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-_BERT_ROLES = (
-    "attention.self.query",
-    "attention.self.key",
-    "attention.self.value",
-    "attention.output.dense",
-    "intermediate.dense",
-    "output.dense",
-)
-
-
-def _role(family: str, local: str) -> str | None:
-    """The role of a block-relative module name (`self_attn.q_proj`, `attention.self.query`)."""
-    if family == "llama":
-        last = local.rsplit(".", 1)[-1]
-        return last if last in _LLAMA_ROLES else None
-    for role in _BERT_ROLES:
-        if local == role:
-            return role.removeprefix("attention.self.")
-    return None
-
 
 def _linear_state(module: nn.Module) -> Linear:
     """How one linear layer trains. Besides its own weight and a LoRA branch, any other trainable
@@ -169,7 +148,9 @@ def _linear_state(module: nn.Module) -> Linear:
     base = getattr(module, "base_layer", module)
     trains = bool(getattr(base, "weight", None) is not None and base.weight.requires_grad)
     trains = trains or any(
-        p.requires_grad for n, p in module.named_parameters() if "lora_" not in n
+        p.requires_grad
+        for n, p in module.named_parameters()
+        if "lora_" not in n and not n.endswith("bias")  # a bias gradient needs no input
     )
     lora_a = getattr(module, "lora_A", None)
     if lora_a is not None and "default" in lora_a:  # a peft LoraLayer, read by duck typing
@@ -190,7 +171,7 @@ def trainable_layout(model: nn.Module, family: str, head: tuple[str, ...]) -> Tr
     for blk in blocks:
         linears: dict[str, Linear] = {}
         for local, mod in blk.named_modules():
-            role = _role(family, local)
+            role = FAMILIES[family].role(local)
             if role is not None and hasattr(getattr(mod, "base_layer", mod), "weight"):
                 linears[role] = _linear_state(mod)
         norms = any(

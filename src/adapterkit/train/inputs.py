@@ -109,7 +109,7 @@ class AdapterBinding:
 
         check_tensors(tensors, self.tensors(model), where)
         if self.load is None:
-            raise TypeError("fit(resume=...) needs load_adapter to put the weights back")
+            raise TypeError("resuming needs AdapterBinding.load to put the weights back")
         self.load(model, tensors)
 
 

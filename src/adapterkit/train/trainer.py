@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any
 
 from adapterkit.errors import DataError, TrainingError, TrainingInterrupted
 from adapterkit.storage import faults
-from adapterkit.storage.atomic import write_json
 from adapterkit.storage.checkpoints import save_checkpoint, set_rng_state
 from adapterkit.strategy import trainable_named_parameters
 from adapterkit.train import measure, optim, stops
@@ -57,9 +56,7 @@ __all__ = [
     "check_adapter_matches_trainable",
     "fit",
     "seed",
-    "write_json",
 ]
-_optimizer = optim.make_optimizer  # the old private name, still imported by tests/test_estimate.py
 
 _logger = logging.getLogger(__name__)
 

@@ -5,6 +5,20 @@ from __future__ import annotations
 from adapterkit.plan.arch import FP32, INT64, Arch, Block, Device, Saved, Trainable
 from adapterkit.plan.families.common import cuda_attention, dropout, linear_group
 
+ROLES = (
+    "attention.self.query",
+    "attention.self.key",
+    "attention.self.value",
+    "attention.output.dense",
+    "intermediate.dense",
+    "output.dense",
+)
+
+
+def role(local: str) -> str | None:
+    """The role of a block-relative module name (`attention.self.query` -> `query`)."""
+    return local.removeprefix("attention.self.") if local in ROLES else None
+
 
 def block(
     saved: Saved, a: Arch, blk: Block, grad_in: bool, b: int, length: int, device: Device

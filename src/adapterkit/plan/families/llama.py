@@ -6,6 +6,14 @@ from __future__ import annotations
 from adapterkit.plan.arch import FP32, INT64, Arch, Block, Device, Saved, Trainable
 from adapterkit.plan.families.common import cuda_attention, linear_group
 
+ROLES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def role(local: str) -> str | None:
+    """The role of a block-relative module name (`self_attn.q_proj` -> `q_proj`), if a linear."""
+    last = local.rsplit(".", 1)[-1]
+    return last if last in ROLES else None
+
 
 def block(
     saved: Saved, a: Arch, blk: Block, grad_in: bool, b: int, length: int, device: Device
