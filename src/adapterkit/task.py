@@ -92,6 +92,9 @@ class Task(Protocol):
 #   logits_bytes(batch, length, config, options) -> int
 #       Bytes of the logits and the loss's copies of them at their largest, for `batch` rows of
 #       `length` tokens. Default: three float32 copies of [batch, length, vocab_size] (a causal LM's).
+#   packs(options) -> bool
+#       Whether a step's rows go into the model packed as one sequence (no padding, attention only
+#       within each row). The planner then sees one row of batch x length tokens. Default: False.
 #   predict(model, tokenizer, rows, options, batch_size) -> list[dict]   for `adapterkit predict`
 #       (a label and score per row, or a tag per word); rows may lack labels.
 #   generate(model, tokenizer, prompt, options, max_new_tokens) -> str    for `adapterkit generate`
@@ -117,6 +120,12 @@ def logits_bytes(task: Task, batch: int, length: int, config: Any, options: Any)
     if own is not None:
         return int(own(batch, length, config, options))
     return 3 * batch * length * int(getattr(config, "vocab_size", 0) or 0) * 4
+
+
+def packs(task: Task, options: Any) -> bool:
+    """`task.packs(options)`, or False (rows padded to the longest of their batch)."""
+    own = getattr(task, "packs", None)
+    return bool(own(options)) if own is not None else False
 
 
 def collate_all(

@@ -44,7 +44,7 @@ from adapterkit.plan.activations import FAMILIES, Activations, activations, bloc
 from adapterkit.plan.arch import FP32, Arch, Block, Linear, Trainable, arch_from_config
 from adapterkit.plan.weights import base_model, planning_source, trainable_tensors, weight_bytes
 from adapterkit.strategy import quantized_base
-from adapterkit.task import logits_bytes
+from adapterkit.task import logits_bytes, packs
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -249,7 +249,7 @@ def plan(
             tensors = trainable_tensors(built.model)
             weights = weight_bytes(built.model, quantized_base(strategy), built.parts.head)
             layout = trainable_layout(built.model, arch.family, built.parts.head)
-            static = _static(weights, tensors, device)
+            static = {**_static(weights, tensors, device), "packed": packs(task, t_opts)}
             logits = functools.partial(logits_bytes, task, config=config, options=t_opts)
             recompute = functools.partial(
                 _make, cls.name, arch, layout, static, logits,
@@ -313,9 +313,12 @@ def _make(
     length: int,
     device: Device,
 ) -> StrategyPlan:
-    acts: Activations = activations(arch, layout, b, length, device)
+    # A task that packs a step's rows hands the blocks one sequence of b x length tokens (no
+    # padding mask, per-row attention); the logits are the task's to say either way.
+    rows, row_length = (1, b * length) if st["packed"] else (b, length)
+    acts: Activations = activations(arch, layout, rows, row_length, device)
     logits = logits_fn(batch=b, length=length)
-    transient = block_transient(arch, b, length, device)
+    transient = block_transient(arch, rows, row_length, device)
     fixed = st["runtime_overhead"] + st["checkpoint_mapped"] + st["weights"] + st["optimizer"]
     after = st["gradients"] + st["optimizer_step_scratch"]
     comp = {
@@ -361,8 +364,9 @@ def from_recipe(
         device,
         task_options=t_opts,
     )
-    for p in plans:  # which peak is "the" plan: the recipe's checkpointing setting
-        p.gradient_checkpointing = recipe.train.gradient_checkpointing
+    checkpointing = recipe.train.gradient_checkpointing  # True, False, or "auto" (decided later)
+    for p in plans:  # which peak is "the" plan: the recipe's checkpointing setting, when it has one
+        p.gradient_checkpointing = checkpointing if isinstance(checkpointing, bool) else None
     return plans
 
 
