@@ -34,7 +34,7 @@ TUTORIAL_DROPOUT = 0.05
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--spec", type=Path, help="vs_peers.py's run description (pre-tokenised)")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--max-steps", type=int, default=20)
@@ -137,8 +137,13 @@ def main(argv: list[str] | None = None) -> dict:
         data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
         callbacks=[common.meter_callback(meter)],
     )
-    optim = getattr(trainer.args.optim, "value", str(trainer.args.optim))
-    settings = {"order": order, "dropout": spec.dropout, "optim": optim}
+    settings = {
+        "order": order,
+        "base": "NF4 4-bit, fp32 compute" if spec.strategy == "qlora" else "float32",
+        "gradient_checkpointing": False,
+        "optim": getattr(trainer.args.optim, "value", str(trainer.args.optim)),
+        **({"dropout": spec.dropout} if spec.strategy != "full" else {}),
+    }
     return common.run_and_report(
         spec, trainer, meter, False, eval_examples=evaluation, precision="fp32", settings=settings
     )
