@@ -50,9 +50,23 @@ class QloraOptions(LoraOptions):
     """LoRA's options, and the dtype the 4-bit layers compute in."""
 
     compute_dtype: Annotated[
-        Literal["float32", "bfloat16", "float16"],
-        Field(description="dtype the 4-bit layers compute in (bfloat16 is faster on GPUs)"),
-    ] = "float32"
+        Literal["auto", "float32", "bfloat16", "float16"],
+        Field(
+            description="dtype the 4-bit layers compute in; auto: the base's dtype (bfloat16 "
+            "when the run trains in bf16, float32 when it trains in fp32)"
+        ),
+    ] = "auto"
+
+
+def set_4bit_compute_dtype(model: nn.Module, dtype: torch.dtype) -> int:
+    """Make every 4-bit layer compute in `dtype` (bitsandbytes' `compute_dtype`); returns how many."""
+    count = 0
+    for module in model.modules():
+        if hasattr(module, _CPU_PACKING):
+            setattr(module, "compute_dtype", dtype)  # noqa: B010 -- see disable_cpu_4bit_packing
+            setattr(module, "compute_type_is_set", True)  # noqa: B010
+            count += 1
+    return count
 
 
 class Qlora:
@@ -65,8 +79,9 @@ class Qlora:
     Then the same LoRA wrapping as `lora`, so the saved adapter is a peft adapter too; reload it on
     a base loaded with the same `load_kwargs`.
 
-    `compute_dtype` defaults to float32: it is exact on every device and the only fast choice on
-    most CPUs; on a GPU, `bfloat16` roughly halves activation memory and is faster.
+    `compute_dtype` defaults to `auto`: the dtype the rest of the base loaded in, so the compute
+    dtype the run's precision chose (bf16 on a GPU or a CPU with AVX-512 BF16 or AMX, float32
+    elsewhere), read before peft casts the non-4-bit weights to float32.
     """
 
     name: ClassVar[str] = "qlora"
@@ -86,7 +101,10 @@ class Qlora:
                 load_in_4bit=True,
                 bnb_4bit_quant_type="nf4",
                 bnb_4bit_use_double_quant=True,
-                bnb_4bit_compute_dtype=getattr(torch, options.compute_dtype),
+                # auto: float32 until `apply` sees the dtype the base loaded in
+                bnb_4bit_compute_dtype=getattr(
+                    torch, options.compute_dtype.replace("auto", "float32")
+                ),
                 llm_int8_skip_modules=list(parts.head),
             )
         }
@@ -100,8 +118,12 @@ class Qlora:
                 "passed to from_pretrained (a GGUF file cannot be quantized while loading: "
                 "convert it to a safetensors directory first), or use strategy=lora"
             )
+        # the dtype the non-4-bit weights loaded in, before peft casts them to float32
+        base_dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
         disable_cpu_4bit_packing(model)
+        if options.compute_dtype == "auto":
+            set_4bit_compute_dtype(model, base_dtype)
         return wrap_lora(model, options, parts)
 
     def plan_apply(self, model: nn.Module, options: QloraOptions, parts: ModelParts) -> nn.Module:

@@ -27,11 +27,13 @@ from adapterkit.storage import sources
 from adapterkit.storage.run_dir import check_resumable, prepare_out_dir, recover_run_dir
 from adapterkit.strategy import Strategy, extra_files
 from adapterkit.task import Task, collate_all
+from adapterkit.train import precision
 
 if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
+
     from torch import nn
 
-    from adapterkit.train.inputs import Resume
 
 log = logging.getLogger("adapterkit")
 
@@ -47,6 +49,11 @@ class Loaded:
     strategy: Strategy
     strategy_options: Any
     manifest: dict[str, Any]
+    compute_dtype: str | None = None  # autocast dtype over a half base with fp32 trained weights
+
+    def autocast(self) -> AbstractContextManager[object]:
+        """The arithmetic the adapter trained in (bf16 autocast over a bf16 base, say)."""
+        return precision.autocast(self.model, self.compute_dtype)
 
 
 def quiet_known_notices() -> None:
@@ -129,7 +136,7 @@ def train(
     from adapterkit.plugins import load_registry
     from adapterkit.storage import manifest
     from adapterkit.storage.atomic import write_json
-    from adapterkit.train import trainer
+    from adapterkit.train import resolve, trainer
     from adapterkit.train.inputs import AdapterBinding, TrainData
 
     out_dir = Path(out_dir)
@@ -150,11 +157,12 @@ def train(
         check_resumable(checkpoint, recipe)
 
     source = sources.resolve(recipe.model.name)
+    cfg, model_section = resolve.settings(recipe)
     # Seeded just before the weights load: a new head's initialisation depends on it.
-    built = build_model(
-        source, task, t_opts, strategy, s_opts, recipe.model, seed=recipe.train.seed
-    )
+    built = build_model(source, task, t_opts, strategy, s_opts, model_section, seed=cfg.seed)
     model, tokenizer = built.model, built.tokenizer
+    if cfg.precision != "fp32":
+        precision.upcast_trainable(model)  # fp32 master weights over the half-precision base
 
     train_examples = task.encode(train_rows, tokenizer, t_opts)
     eval_examples = task.encode(eval_rows, tokenizer, t_opts) if eval_rows else None
@@ -164,25 +172,29 @@ def train(
             f"{recipe.data.train}: no usable training rows (all dropped by truncation?)"
         )
 
-    save = _saver(strategy, s_opts, manifest.build(recipe, source, task, tokenizer), recipe)
+    as_loaded = dataclasses.replace(recipe, model=model_section)  # the base dtype it trained on
+    save = _saver(strategy, s_opts, manifest.build(as_loaded, source, task, tokenizer), recipe)
     data = TrainData(task, t_opts, train_examples, eval_examples, tokenizer)
     try:
         metrics = trainer.fit(
             model,
             data,
             AdapterBinding.of(strategy, s_opts, save),
-            recipe.train,
+            dataclasses.replace(cfg, gradient_checkpointing=resolve.checkpointing(recipe)),
             out_dir,
-            resume=_resume(checkpoint, recipe, out_dir, resume_hint),
+            resume=resolve.resume(checkpoint, recipe, out_dir, resume_hint),
             progress=progress,
             quantized_strategies=report.quantizing_strategies(),
         )
     except OutOfMemoryError as exc:
         raise OutOfMemoryError(f"{exc}\n{report.plan_advice(recipe)}") from exc
+    # The trained model computes as it trained from here on: under the run's autocast.
+    precision.autocast_forward(model, precision.compute_dtype(cfg.precision))
     if test_examples:
-        extra = _test_metrics(
-            model, strategy, s_opts, task, test_examples, tokenizer, t_opts, out_dir
-        )
+        with precision.autocast(model, precision.compute_dtype(cfg.precision)):
+            extra = _test_metrics(
+                model, strategy, s_opts, task, test_examples, tokenizer, t_opts, out_dir
+            )
         metrics["definitions"] = {**metrics["definitions"], **extra.pop("definitions")}
         metrics.update(extra)
         write_json(out_dir / "metrics.json", metrics)
@@ -205,22 +217,6 @@ def _saver(
         return adapter_format.save_adapter(path, tensors, manifest, extra, keep_other_files=True)
 
     return save
-
-
-def _resume(checkpoint: Path | None, recipe: Recipe, out_dir: Path, hint: str | None) -> Resume:
-    """How this run continues (from `checkpoint`, if any) and can be continued after a stop."""
-    from adapterkit.storage import checkpoints
-    from adapterkit.train.inputs import Resume
-
-    loaded = None
-    if checkpoint is not None:
-        loaded = {**checkpoints.load_checkpoint(checkpoint), "path": str(checkpoint)}
-        log.warning("resuming from %s", checkpoint)
-    return Resume(
-        loaded,
-        {"recipe": recipe.to_dict()},
-        hint or f"run the same command again with --out {out_dir} --resume",
-    )
 
 
 def _test_metrics(
@@ -293,6 +289,8 @@ def load(adapter_dir: Path, base: str | None = None, trust_remote_code: bool = F
         base_info.get("dtype", "float32"), bool(base_info.get("trust_remote_code"))
     )
     built = build_model(source, task, t_opts, strategy, s_opts, settings)
+    if mixed := precision.trained_mixed(settings.dtype, tensors):  # rebuilt as it trained
+        precision.upcast_trainable(built.model)
     model, tokenizer = built.model, built.tokenizer
     adapter_format.check_tensors(
         tensors,
@@ -301,7 +299,9 @@ def load(adapter_dir: Path, base: str | None = None, trust_remote_code: bool = F
     )
     strategy.load_adapter_state_dict(model, tensors, s_opts)
     model.eval()
-    return Loaded(model, tokenizer, task, t_opts, strategy, s_opts, manifest)
+    dtype = settings.dtype if mixed else None  # and run under the autocast it trained in
+    precision.autocast_forward(model, dtype)
+    return Loaded(model, tokenizer, task, t_opts, strategy, s_opts, manifest, dtype)
 
 
 def evaluate(adapter_dir: Path, data: Path, batch_size: int = 8) -> dict[str, Any]:
@@ -314,7 +314,7 @@ def evaluate(adapter_dir: Path, data: Path, batch_size: int = 8) -> dict[str, An
     batches = collate_all(loaded.task, examples, loaded.tokenizer, loaded.task_options, batch_size)
     import torch
 
-    with torch.no_grad():
+    with torch.no_grad(), loaded.autocast():
         return loaded.task.evaluate(loaded.model, batches, loaded.task_options)
 
 
@@ -327,18 +327,21 @@ def predict(adapter_dir: Path, data: Path, batch_size: int = 32) -> list[dict[st
     rows = loaded.task.read(Path(data), loaded.task_options)
     if not rows:
         raise UserError(f"{data}: no rows to predict")
-    return predict_rows(
-        loaded.model, loaded.tokenizer, rows, loaded.task_options, batch_size=batch_size
-    )
+    with loaded.autocast():
+        return predict_rows(
+            loaded.model, loaded.tokenizer, rows, loaded.task_options, batch_size=batch_size
+        )
 
 
 def generate(
     prompt: str, adapter: Path | None = None, model: str | None = None, max_new_tokens: int = 128
 ) -> str:
     """Greedy answer to `prompt` in the task's chat format, with an adapter or a bare base model."""
+    dtype = None
     if adapter is not None:
         loaded = load(adapter)
         task, t_opts, m, tok = loaded.task, loaded.task_options, loaded.model, loaded.tokenizer
+        dtype = loaded.compute_dtype
     else:
         task = _generating_task()
         if model is None:
@@ -349,7 +352,8 @@ def generate(
     answer = getattr(task, "generate", None)  # an optional Task member
     if answer is None:
         raise UserError(f"task '{task.name}' does not generate text; use `adapterkit predict`")
-    return answer(m, tok, prompt, t_opts, max_new_tokens=max_new_tokens)
+    with precision.autocast(m, dtype):
+        return answer(m, tok, prompt, t_opts, max_new_tokens=max_new_tokens)
 
 
 def _generating_task() -> Task:

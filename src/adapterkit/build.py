@@ -61,7 +61,8 @@ def load_kwargs(
     strategy's own (a quantization config, say)."""
     import torch
 
-    kwargs: dict[str, Any] = {"dtype": getattr(torch, settings.dtype)}
+    dtype = "float32" if settings.dtype == "auto" else settings.dtype
+    kwargs: dict[str, Any] = {"dtype": getattr(torch, dtype)}
     if settings.trust_remote_code:
         kwargs["trust_remote_code"] = True
     kwargs.update(strategy.load_kwargs(options, parts))
@@ -97,3 +98,15 @@ def build_model(
     kwargs = load_kwargs(strategy, strategy_options, parts, settings or LoadSettings())
     model, tokenizer = task.load_model(source, task_options, kwargs)
     return Built(strategy.apply(model, strategy_options, parts), tokenizer, parts)
+
+
+AUTO_DTYPES = ("auto",)
+"""`model.dtype` values that follow the compute dtype of `train.precision`."""
+
+
+def base_dtype(requested: str, precision: str) -> str:
+    """The dtype the base loads in: the compute dtype of a resolved `precision` for an `auto`
+    `model.dtype` (bfloat16 for bf16, float16 for fp16), else `requested` as it is."""
+    from adapterkit.train.precision import compute_dtype
+
+    return compute_dtype(precision) if requested in AUTO_DTYPES else requested

@@ -34,9 +34,12 @@ _Section = TypeVar("_Section")
 class ModelSection:
     name: Annotated[str, Field(description="embedded short name or path to a local HF directory")]
     dtype: Annotated[
-        Literal["float32", "bfloat16", "float16"],
-        Field(description="dtype the base weights are loaded in"),
-    ] = "float32"
+        Literal["auto", "float32", "bfloat16", "float16"],
+        Field(
+            description="dtype the frozen base loads in (auto: train.precision's compute dtype; "
+            "trained weights stay float32)"
+        ),
+    ] = "auto"
     trust_remote_code: Annotated[
         bool, Field(description="run Python code shipped with the model (off: never)")
     ] = False

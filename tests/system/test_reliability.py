@@ -324,14 +324,14 @@ OOM_SCRIPT = textwrap.dedent(
     from adapterkit.recipe import resolve
     ws, out, warm = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
     # warm up every import and lazy allocation with a short run, then cap the address space
-    api.train(resolve(ws / "recipe.yaml", ["train.max_steps=1", "train.checkpoint_every=null"]),
+    api.train(resolve(ws / "recipe.yaml", ["train.max_steps=1", "train.checkpoint_every=null", "train.precision=fp32"]),
               warm, progress=False)
     vm = int(next(l for l in open("/proc/self/status") if l.startswith("VmSize")).split()[1])
     cap = vm * 1024 + (96 << 20)
     resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
     from adapterkit.cli import main
     sys.argv = ["adapterkit", "train", str(ws / "recipe.yaml"), f"data.train={ws / 'oom.jsonl'}",
-        "data.eval=null", "train.max_steps=4", "train.batch_size=1", "train.checkpoint_every=1",
+        "data.eval=null", "train.max_steps=4", "train.precision=fp32", "train.batch_size=1", "train.checkpoint_every=1",
         "train.eval_every=null", "task.options.max_length=200000", "train.warmup=0",
         "--out", str(out), "--no-progress"]
     main()

@@ -252,7 +252,7 @@ def _loss(loaded: Loaded, model: nn.Module, ws: Workspace) -> torch.Tensor:
     batch = task.collate(examples, loaded.tokenizer, t_opts)
     device = next(model.parameters()).device
     model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), loaded.autocast():  # as the run computed it: bf16 base, fp32 adapter
         return task.loss(model, {k: v.to(device) for k, v in batch.items()}).detach().cpu()
 
 

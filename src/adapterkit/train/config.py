@@ -50,12 +50,26 @@ class TrainConfig:
     ] = None
     seed: Annotated[int, Field(description="Seed for initialisation, dropout and data order.")] = 0
     precision: Annotated[
-        Literal["fp32", "bf16", "auto"],
-        Field(description="bf16 autocast or fp32; auto: bf16 on a CUDA GPU that supports it."),
-    ] = "fp32"
+        Literal["fp32", "bf16", "fp16", "auto"],
+        Field(
+            description="bf16 autocast, fp16 autocast with loss scaling (CUDA), or fp32; auto: "
+            "bf16 on a GPU or CPU (AVX-512 BF16, AMX) that has it, fp16 on other CUDA GPUs."
+        ),
+    ] = "auto"
     gradient_checkpointing: Annotated[
-        bool, Field(description="Recompute activations in backward: less memory, slower.")
-    ] = False
+        bool | Literal["auto"],
+        Field(
+            description="Recompute activations in backward: less memory, slower; auto: on when "
+            "`plan` says the run would not fit in this machine's memory without it."
+        ),
+    ] = "auto"
+    group_by_length: Annotated[
+        bool,
+        Field(
+            description="Batches of similar lengths (seeded, resumable) for tasks that cannot "
+            "pack rows: less padding, same examples per step for any batch_size x grad_accum."
+        ),
+    ] = True
     log_every: Annotated[int, Field(ge=1, description="Write a log line every N steps.")] = 1
     checkpoint_every: Annotated[
         int | None, Field(ge=1, description="Save a checkpoint every N steps; None: never.")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 if TYPE_CHECKING:
     from torch import nn
@@ -204,3 +204,15 @@ def memory_figures(peak: MemoryPeak, load_peak: MemoryPeak) -> MemoryFigures:
         "rss_anon_bytes": rss_anon_bytes(),
         "rss_file_bytes": rss_file_bytes(),
     }
+
+
+def machine_memory() -> tuple[Literal["cpu", "cuda"], int]:
+    """The device training runs on and its total memory in bytes: the first GPU's, or the
+    machine's RAM (psutil)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda", int(torch.cuda.get_device_properties(0).total_memory)
+    import psutil
+
+    return "cpu", int(psutil.virtual_memory().total)

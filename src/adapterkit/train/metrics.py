@@ -152,7 +152,8 @@ class RunMetrics:
     adapter_bytes: int = field(metadata=_figure("Bytes of the saved final adapter.", compared=True))
     precision: str = field(
         metadata=_figure(
-            "Arithmetic the training ran in: fp32, or bf16 autocast (fp32 master weights)."
+            "Arithmetic the training ran in: fp32, bf16 autocast, or fp16 autocast with loss "
+            "scaling (trainable weights fp32 in both)."
         )
     )
     device: str = field(metadata=_figure("The device the model trained on."))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -23,18 +23,21 @@ if TYPE_CHECKING:
     from torch import nn
 
     from adapterkit.train.config import TrainConfig
+    from adapterkit.train.inputs import TrainData
 
 
 def make_accelerator(precision: str) -> Accelerator:
-    """A single-process accelerator: bf16 autocast or fp32, on the GPU when there is one."""
+    """A single-process accelerator: bf16 or fp16 (loss-scaled) autocast, or fp32, on the GPU
+    when there is one; `auto` as `precision.resolve_precision` decides."""
     import torch
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
+    from adapterkit.train.precision import resolve_precision
+
     cuda = torch.cuda.is_available()
-    if precision == "auto":
-        precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
-    mixed = "bf16" if precision == "bf16" else "no"
+    resolved = resolve_precision(precision)
+    mixed = "no" if resolved == "fp32" else resolved
     try:
         return Accelerator(mixed_precision=mixed, cpu=not cuda)
     except ValueError:
@@ -73,9 +76,24 @@ def enable_gradient_checkpointing(model: nn.Module) -> None:
         raise TrainingError(f"{exc}; set train.gradient_checkpointing=false") from exc
 
 
+def fused_adamw_supported(params: list[torch.Tensor]) -> bool:
+    """Whether torch's fused AdamW kernel takes every one of `params` (device type and dtype)."""
+    try:
+        from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+    except ImportError:  # a torch without fused optimizers
+        return False
+    devices = set(_get_fused_kernels_supported_devices())
+    return bool(params) and all(p.is_floating_point() and p.device.type in devices for p in params)
+
+
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     """AdamW over exactly the trainable parameters; no weight decay on vectors (biases, norm
-    scales), as usual."""
+    scales), as usual.
+
+    The fused kernel (one pass over each parameter's state; CPU and GPU) where torch has it for
+    the parameters' devices and dtypes, else the default implementation: the same update up to
+    AdamW's own rounding.
+    """
     import torch
 
     named = list(trainable_named_parameters(model))
@@ -84,7 +102,8 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}]
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0})
-    return torch.optim.AdamW(groups, lr=cfg.lr)
+    fused = fused_adamw_supported([p for _, p in named]) or None
+    return torch.optim.AdamW(groups, lr=cfg.lr, fused=fused)
 
 
 def make_scheduler(
@@ -137,19 +156,67 @@ class Window(NamedTuple):
     batches: list[list[int]]
 
 
-def data_windows(n: int, cfg: TrainConfig, epoch: int = 0, next_batch: int = 0) -> Iterator[Window]:
+def grouping_lengths(data: TrainData, cfg: TrainConfig) -> list[int] | None:
+    """Example lengths for length-grouped batches; None when grouping is off, or the task packs a
+    step's rows into one sequence (`Task.packs`) and so pads nothing."""
+    from adapterkit.task import packs
+
+    if not cfg.group_by_length or packs(data.task, data.task_options):
+        return None
+    if not all("input_ids" in example for example in data.train):
+        return None
+    return [len(example["input_ids"]) for example in data.train]
+
+
+MEGA_WINDOWS = 50
+"""Optimizer steps whose examples `group_by_length` sorts together (HF's mega-batch idea)."""
+
+
+def data_windows(
+    n: int,
+    cfg: TrainConfig,
+    epoch: int = 0,
+    next_batch: int = 0,
+    lengths: Sequence[int] | None = None,
+) -> Iterator[Window]:
     """Forever: the next optimizer step's window of batches.
 
     Each epoch is a fresh shuffle seeded by seed + epoch, so the order is reproducible from the
     data position alone: a resume starts at (`epoch`, `next_batch`). A window (one optimizer step)
-    never spans two epochs.
+    never spans two epochs. With `lengths` (one per example), the shuffled order is length-grouped
+    first (`grouped_order`).
     """
     import torch
 
     while True:
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed + epoch))
-        order = order.tolist()
+        generator = torch.Generator().manual_seed(cfg.seed + epoch)
+        order = torch.randperm(n, generator=generator).tolist()
+        if lengths is not None:
+            order = grouped_order(order, lengths, cfg.batch_size * cfg.grad_accum, generator)
         batches = [order[i : i + cfg.batch_size] for i in range(0, n, cfg.batch_size)]
         for start in range(next_batch, len(batches), cfg.grad_accum):
             yield Window(epoch, start, batches[start : start + cfg.grad_accum])
         epoch, next_batch = epoch + 1, 0
+
+
+def grouped_order(
+    order: list[int], lengths: Sequence[int], window: int, generator: torch.Generator
+) -> list[int]:
+    """`order` regrouped so each optimizer step's `window` examples have similar lengths.
+
+    Within each run of MEGA_WINDOWS windows the examples are sorted by length (longest first,
+    ties in shuffled order), cut into windows, and the full windows of the whole epoch are
+    shuffled with `generator`; a short last window stays last. The result depends only on
+    (seed, epoch, lengths), so a resume replays it, and grouping by whole windows keeps the same
+    examples per step for any batch_size x grad_accum with the same product.
+    """
+    import torch
+
+    mega = window * MEGA_WINDOWS
+    regrouped: list[int] = []
+    for i in range(0, len(order), mega):
+        regrouped += sorted(order[i : i + mega], key=lambda j: -lengths[j])
+    full = len(regrouped) // window
+    windows = [regrouped[w * window : (w + 1) * window] for w in range(full)]
+    shuffled = [windows[w] for w in torch.randperm(full, generator=generator).tolist()]
+    return [j for w in shuffled for j in w] + regrouped[full * window :]

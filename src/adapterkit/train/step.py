@@ -8,7 +8,9 @@ protocol (`targets`, `loss`).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
@@ -25,17 +27,22 @@ def accumulate_gradients(
     task: Task,
     batches: list[dict[str, Tensor]],
     backward: Callable[[Tensor], None] | None = None,
+    autocast: Callable[[], AbstractContextManager[object]] = contextlib.nullcontext,
 ) -> tuple[float, int]:
     """Backward over one optimizer step's micro-batches; returns (mean loss per target, targets).
 
     Each summed micro-batch loss is divided by the target count of the whole window, not of its
     own micro-batch, so the gradient is the mean over every target of the step: batch size 4 with
     no accumulation and batch size 1 accumulated 4 times give the same gradient.
+
+    `autocast`: the mixed-precision context `task.loss` runs in (the accelerator's), so a task that
+    calls the model's submodules directly, bypassing the prepared forward, still runs in bf16.
     """
     total = max(1, sum(task.targets(b) for b in batches))
     step_loss = 0.0
     for b in batches:
-        loss = task.loss(model, b) / total
+        with autocast():
+            loss = task.loss(model, b) / total
         if backward is None:
             loss.backward()
         else:

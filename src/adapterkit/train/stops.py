@@ -67,7 +67,7 @@ def out_of_memory_advice(cfg: TrainConfig, quantized_strategies: Sequence[str] =
         )
     else:
         lines.append("task.options.max_length=<fewer tokens>  (batch_size=1 already)")
-    if not cfg.gradient_checkpointing:
+    if cfg.gradient_checkpointing is not True:  # off, or "auto" left undecided
         lines.append("train.gradient_checkpointing=true  (recompute activations in backward)")
     for name in quantized_strategies:
         lines.append(f"strategy.name={name}  (a 4-bit base model: far less weight memory)")

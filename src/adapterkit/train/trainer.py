@@ -95,7 +95,7 @@ class Trainer:
                 "no training examples left after encoding; check the data and max_length"
             )
         self._setup_runtime()
-        if cfg.gradient_checkpointing:
+        if cfg.gradient_checkpointing is True:  # "auto" is the API's to decide; here: off
             optim.enable_gradient_checkpointing(self.model)
         self._setup_optimization()
         # Checked after `prepare`, which may move parameters: the same storages train and are saved.
@@ -105,7 +105,11 @@ class Trainer:
         if self.resume.checkpoint is not None:
             self._restore(self.resume.checkpoint)
         self.windows = optim.data_windows(
-            len(data.train), cfg, self.state.epoch, self.state.next_batch
+            len(data.train),
+            cfg,
+            self.state.epoch,
+            self.state.next_batch,
+            optim.grouping_lengths(data, cfg),
         )
 
     # ---- setup phases ----------------------------------------------------------------------------
@@ -198,16 +202,18 @@ class Trainer:
         with stops.OutOfMemoryStop(where, kept, self.oom_advice, self._drop_gradients):
             batches = [self._to_device(self.data.batch(idx)) for idx in window.batches]
             backward = self.accelerator.backward
-            loss, _ = accumulate_gradients(self.model, self.data.task, batches, backward)
+            autocast = lambda: self.accelerator.autocast()  # noqa: E731
+            loss, _ = accumulate_gradients(self.model, self.data.task, batches, backward, autocast)
             stops.ensure_finite(loss, "the loss", step, kept, LOSS_FIX)
             norm = gradient_norm(self.model, self.accelerator, self.cfg.max_grad_norm)
-            grad_norm = stops.ensure_finite(norm, "the gradient norm", step, kept, GRAD_FIX)
+            if self.accelerator.scaler is None:  # fp16's scaler skips an overflowed step itself
+                norm = stops.ensure_finite(norm, "the gradient norm", step, kept, GRAD_FIX)
             lr = float(self.scheduler.get_last_lr()[0])
             self.optimizer.step()
         self.scheduler.step()
         self._drop_gradients()
         tokens = sum(int(b["attention_mask"].sum()) for b in batches)
-        return StepStats(loss, lr, grad_norm, tokens, time.perf_counter() - started)
+        return StepStats(loss, lr, norm, tokens, time.perf_counter() - started)
 
     def _log_step(self, stats: StepStats, bar: tqdm) -> None:
         """Every `log_every` steps and at the last: a log.jsonl line and the progress bar's figures."""
@@ -252,7 +258,7 @@ class Trainer:
         import torch
 
         self.model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), self.accelerator.autocast():
             batches = [self._to_device(b) for b in self.eval_batches]
             return self.data.task.evaluate(self.model, batches, self.data.task_options)
 
@@ -316,7 +322,7 @@ class Trainer:
             **memory,
             **measure.parameter_counts(self.bare),
             adapter_bytes=adapter_bytes,
-            precision="bf16" if self.accelerator.mixed_precision == "bf16" else "fp32",
+            precision=self._precision(),
             device=str(self.device),
             final_dir=".",
             best_dir="best" if self.best.saved else None,
@@ -337,6 +343,11 @@ class Trainer:
 
     def _to_device(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         return {k: v.to(self.device) for k, v in batch.items()}
+
+    def _precision(self) -> str:
+        """metrics.json's "precision": the arithmetic the run trained in."""
+        mixed = self.accelerator.mixed_precision
+        return mixed if mixed in ("bf16", "fp16") else "fp32"
 
     def _drop_gradients(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)

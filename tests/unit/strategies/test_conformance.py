@@ -19,6 +19,8 @@ from adapterkit.testing import ConformanceError, TaskCase, check_strategy, check
 from adapterkit.testing.fixtures import conll_rows, instruction_rows
 
 ROOT = Path(__file__).resolve().parents[3]
+
+
 ALL_TASKS = ["causal_lm", "sequence_classification", "token_classification"]
 
 
