@@ -181,7 +181,7 @@ ROWS = [
 
 def test_collate_masks_padding_by_position_not_token_id(tok):
     examples = TASK.encode(ROWS[:2], tok, Options())
-    batch = TASK.collate(examples, tok, Options())
+    batch = TASK.collate(examples, tok, Options(packing=False))  # the padded batch
     short, long_ = (len(e["input_ids"]) for e in examples)
     assert short < long_ and batch["input_ids"].shape == (2, long_)
     # Pad id == end-of-turn id here (as in SmolLM2); the real end token stays a target.
@@ -194,7 +194,8 @@ def test_collate_masks_padding_by_position_not_token_id(tok):
 
 def test_summed_loss_matches_transformers_mean_loss(tok):
     model = tiny_llama()
-    batch = TASK.collate(TASK.encode(ROWS, tok, Options()), tok, Options())
+    padded = Options(packing=False)  # model(**batch) below needs the padded batch
+    batch = TASK.collate(TASK.encode(ROWS, tok, Options()), tok, padded)
     with torch.no_grad():
         summed = TASK.loss(model, batch)
         mean = model(**batch).loss

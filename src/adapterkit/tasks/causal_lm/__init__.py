@@ -27,7 +27,7 @@ from adapterkit.errors import ModelError
 from adapterkit.strategy import ModelParts
 from adapterkit.tasks import _batching, _io, _models
 from adapterkit.tasks._loss import IGNORE, count_targets, summed_cross_entropy
-from adapterkit.tasks.causal_lm import chat
+from adapterkit.tasks.causal_lm import chat, head_loss, packing
 from adapterkit.tasks.causal_lm.chat import end_of_turn_ids
 
 if TYPE_CHECKING:
@@ -53,6 +53,16 @@ class Options:
         str | None,
         Field(description="System message for every example; None keeps the template's default."),
     ] = None
+    packing: Annotated[
+        bool,
+        Field(
+            description=(
+                "Padding-free batches: a step's rows are packed into one sequence with position "
+                "ids restarting at each row, and attention never crosses a row (the same loss and "
+                "gradients as padded rows, without computing the padding). false: right-padded."
+            )
+        ),
+    ] = True
 
 
 class Encoded(list):
@@ -103,20 +113,34 @@ class CausalLM:
     def logits_bytes(
         self, batch: int, length: int, config: PretrainedConfig, options: Options
     ) -> int:
-        """The float32 logits and the copies the summed cross entropy makes, at their largest.
+        """What the chunked target-only loss (`head_loss`) holds at its largest, in bytes.
 
-        Batch x length x vocabulary x 4 bytes each: the head's logits [B, L, V]; the shifted
-        `logits[:, :-1]` made contiguous for the flattening reshape [B, L-1, V]; and log_softmax's
-        output [B, L-1, V], which autograd keeps for backward. All three are alive when
-        log_softmax returns; in backward, the kept output, nll's gradient and log_softmax's
-        gradient (three [B, L-1, V]) are alive together, slightly less.
+        At most N = batch x (length - 1) positions are targets (packed or padded: each row's first
+        token never is). The loss keeps the targets' gathered hidden states [N, H] and their ids
+        (int64) for backward; in backward their gradient [N, H] exists beside one chunk's float32
+        logits and their softmax (the gradient is made in place in it), [C, V] each with C =
+        min(chunk_rows(V), N); forward's peak (a chunk's logits and logsumexp's temporary) is no larger.
+        Hidden states are counted as float32. No [B, L, V] tensor ever exists. A head stored in
+        bf16 adds its own float32 copy (V x H x 4) while the loss runs; that is not counted here.
         """
-        return (batch * length + 2 * batch * (length - 1)) * int(config.vocab_size) * 4
+        rows = batch * max(length - 1, 0)
+        vocab, hidden = int(config.vocab_size), int(config.hidden_size)
+        chunk = min(head_loss.chunk_rows(vocab), rows)
+        return (2 * chunk * vocab + 2 * rows * hidden) * 4 + rows * 8
+
+    def packs(self, options: Options) -> bool:
+        """With `packing`, a step's rows are one sequence (no padding, attention within each row)."""
+        return bool(options.packing)
 
     def load_model(
         self, source: ModelSource, options: Options, load_kwargs: dict[str, Any]
     ) -> tuple[nn.Module, Any]:
-        return _models.load_pretrained(_KIND, source, "a causal LM", load_kwargs)
+        """The model and tokenizer; with `packing`, attention is the per-row causal SDPA (unless
+        the strategy chose an attention implementation itself)."""
+        extra = {}
+        if options.packing and "attn_implementation" not in load_kwargs:
+            extra["attn_implementation"] = packing.register()
+        return _models.load_pretrained(_KIND, source, "a causal LM", load_kwargs, **extra)
 
     # ---- data -----------------------------------------------------------------------------------
 
@@ -166,7 +190,10 @@ class CausalLM:
     def collate(
         self, examples: list[dict], tokenizer: Any, options: Options
     ) -> dict[str, torch.Tensor]:
-        """Right-pad; padding is marked by the attention mask and -100 labels, never by token id."""
+        """Packed into one row (`packing`), or right-padded: padding is marked by the attention
+        mask and -100 labels, never by token id."""
+        if options.packing:
+            return packing.pack(examples)
         return _batching.pad_batch(examples, tokenizer, {"labels": IGNORE})
 
     # ---- loss and metrics -----------------------------------------------------------------------
@@ -176,10 +203,18 @@ class CausalLM:
         return count_targets(batch["labels"][:, 1:])
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Summed cross entropy over the shifted targets, in float32."""
-        out = model(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
-        )
+        """Summed cross entropy over the shifted targets, in float32.
+
+        The LM head runs on the target positions only, in chunks (`head_loss`); a model it does not
+        apply to (a quantized or adapted head, logit soft-capping) takes the full logits.
+        """
+        head = head_loss.lm_head(model)
+        if head is not None:
+            return head_loss.target_loss(model, head, batch)
+        mask = {"attention_mask": batch["attention_mask"]}
+        if "position_ids" in batch:  # transformers' own packed-sequence mask, from position_ids
+            mask = {"position_ids": batch["position_ids"]}
+        out = model(input_ids=batch["input_ids"], use_cache=False, **mask)
         return summed_cross_entropy(out.logits[:, :-1, :].float(), batch["labels"][:, 1:])
 
     def evaluate(

@@ -1,0 +1,168 @@
+"""The LM head and its cross entropy on the target positions only, in chunks of rows.
+
+The plain loss builds float32 logits [B, L, V] for every position (prompt and padding too) and keeps
+them, a shifted copy and log_softmax's output for backward. Here the model runs with its head
+handing back the final hidden states, those of the target positions are gathered, and `ChunkedHeadCE` computes the summed cross
+entropy `chunk_rows(V)` rows at a time: forward keeps only the per-chunk logsumexp's scalar sum; backward
+recomputes each chunk's logits and returns dh = (softmax - onehot) @ W, and dW (and db) only when
+the head's weight trains (`head`/`full`, tied embeddings). The matmul and the softmax are float32
+whatever the body's dtype or autocast (as Liger's and TRL's chunked losses do). Torch is imported
+lazily.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from adapterkit.tasks._loss import IGNORE
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+CHUNK: int | None = None
+"""Target rows per chunk (the chunk's [rows, V] float32 logits are the loss's largest tensor);
+None: as many as keep that tensor near CHUNK_BYTES, see `chunk_rows`."""
+CHUNK_BYTES = 64 * 2**20
+
+
+def chunk_rows(vocab: int) -> int:
+    """Rows per chunk for a vocabulary of `vocab`: `CHUNK` when set, else the power of two that
+    keeps one float32 [rows, vocab] chunk at most CHUNK_BYTES (256 rows, 48 MiB, for SmolLM2's
+    49,152 tokens), within [128, 4096] so each chunk is still one large matrix multiply."""
+    if CHUNK is not None:
+        return CHUNK
+    fits = max(1, CHUNK_BYTES // (4 * max(1, vocab)))
+    return max(128, min(4096, 1 << (fits.bit_length() - 1)))
+
+
+# Config attributes that change logits after the head; such models take the plain path.
+_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "output_multiplier_scale")
+
+
+def _function() -> Any:
+    """The autograd Function, built once (torch is imported only when a loss is computed)."""
+    global _FN
+    if _FN is None:
+        _FN = _build()
+    return _FN
+
+
+_FN: Any = None
+
+
+def _build() -> Any:
+    import torch
+
+    def logits(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+        z = h.float() @ w.t()
+        return z + b if b is not None else z
+
+    class ChunkedHeadCE(torch.autograd.Function):
+        """sum_i [logsumexp(h_i W^T + b) - (h_i W^T + b)[t_i]] over rows i, CHUNK rows at a time."""
+
+        @staticmethod
+        def forward(ctx: Any, h: Any, weight: Any, bias: Any, targets: Any, chunk: int) -> Any:
+            with torch.autocast(h.device.type, enabled=False):
+                w = weight.float()
+                b = bias.float() if bias is not None else None
+                total = torch.zeros((), dtype=torch.float32, device=h.device)
+                for s in range(0, h.shape[0], chunk):
+                    z = logits(h[s : s + chunk], w, b)
+                    t = targets[s : s + chunk, None]
+                    total += (torch.logsumexp(z, -1) - z.gather(1, t).squeeze(1)).sum()
+                    del z  # freed before the next chunk's logits exist
+            ctx.save_for_backward(h, weight, bias, targets)
+            ctx.chunk = chunk
+            return total
+
+        @staticmethod
+        def backward(ctx: Any, grad: Any) -> Any:
+            h, weight, bias, targets = ctx.saved_tensors
+            need_h, need_w, need_b = ctx.needs_input_grad[:3]
+            with torch.autocast(h.device.type, enabled=False):
+                w = weight.float()
+                b = bias.float() if bias is not None else None
+                dh = torch.empty_like(h) if need_h else None
+                dw = torch.zeros_like(w) if need_w else None
+                db = torch.zeros_like(b) if need_b and b is not None else None
+                g = grad.float()
+                for s in range(0, h.shape[0], ctx.chunk):
+                    hc = h[s : s + ctx.chunk]
+                    p = torch.softmax(logits(hc, w, b), -1)
+                    rows = torch.arange(p.shape[0], device=p.device)
+                    p[rows, targets[s : s + ctx.chunk]] -= 1.0
+                    p *= g
+                    if dh is not None:
+                        dh[s : s + ctx.chunk] = (p @ w).to(h.dtype)
+                    if dw is not None:
+                        dw.addmm_(p.t(), hc.float())
+                    if db is not None:
+                        db += p.sum(0)
+                    del p  # freed before the next chunk's logits exist
+            dw = dw.to(weight.dtype) if dw is not None else None
+            db = db.to(bias.dtype) if db is not None and bias is not None else None
+            return dh, dw, db, None, None
+
+    return ChunkedHeadCE
+
+
+def chunked_head_ce(
+    hidden: torch.Tensor, head: nn.Linear, targets: torch.Tensor, chunk: int | None = None
+) -> torch.Tensor:
+    """Summed cross entropy of `head(hidden)` [N, V] against `targets` [N], `chunk` (default
+    `chunk_rows(V)`) rows at a time, never all N at once."""
+    rows = max(1, chunk or chunk_rows(int(head.weight.shape[0])))
+    return _function().apply(hidden, head.weight, head.bias, targets.to(hidden.device), rows)
+
+
+def lm_head(model: nn.Module) -> nn.Linear | None:
+    """The LM head of a causal LM (peft-wrapped or not), or None where the chunked loss does not
+    apply: a head that is not a plain float linear layer (quantized, adapted, or dispatched by
+    accelerate hooks), or a model that transforms its logits after the head."""
+    import torch
+    from torch import nn
+
+    wrapper: Any = model
+    base: Any = wrapper.get_base_model() if hasattr(wrapper, "get_base_model") else wrapper
+    head: Any = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    if type(head) is not nn.Linear or hasattr(head, "_hf_hook") or "forward" in vars(head):
+        return None
+    if not torch.is_floating_point(head.weight):
+        return None
+    config = getattr(base, "config", None)
+    if any(getattr(config, a, None) not in (None, 1, 1.0) for a in _LOGIT_TRANSFORMS):
+        return None
+    return head
+
+
+def target_loss(
+    model: nn.Module, head: nn.Linear, batch: dict[str, torch.Tensor], chunk: int | None = None
+) -> torch.Tensor:
+    """The summed shifted cross entropy of a (padded or packed) batch through the chunked head.
+
+    The whole model runs (its hooks, peft's and accelerate's wrappers included) with the head's
+    forward replaced, for the call, by one that hands back its input: the final hidden states,
+    with no logits computed. A packed batch (one with `position_ids`) runs with no attention mask,
+    so attention follows the position ids (each row restarts at 0); a padded one with its mask.
+    """
+    kwargs: dict[str, Any] = {"input_ids": batch["input_ids"], "use_cache": False}
+    if "position_ids" in batch:
+        kwargs["position_ids"] = batch["position_ids"]
+    else:
+        kwargs["attention_mask"] = batch["attention_mask"]
+    seen: list[torch.Tensor] = []
+
+    def capture(hidden: torch.Tensor) -> torch.Tensor:
+        seen.append(hidden)
+        return hidden
+
+    head.forward = capture  # type: ignore[method-assign]
+    try:
+        model(**kwargs)
+    finally:
+        del head.forward
+    (hidden,) = seen
+    labels = batch["labels"][:, 1:].to(hidden.device)
+    keep = labels != IGNORE
+    return chunked_head_ce(hidden[:, :-1][keep], head, labels[keep], chunk)
