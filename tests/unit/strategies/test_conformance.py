@@ -21,6 +21,15 @@ from adapterkit.testing.fixtures import conll_rows, instruction_rows
 ROOT = Path(__file__).resolve().parents[3]
 
 
+@pytest.fixture(autouse=True)
+def _fp32_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kit's runs train in fp32 (`precision: auto` means bf16 on this AMX CPU). Under bf16
+    autocast bitsandbytes' 4-bit layers recast their frozen bias to each input's dtype in place,
+    which the "only the adapter trains" check reads as a written frozen tensor (QLoRA on BERT), and
+    a bf16 base hides the small write the "writes a frozen weight" negative case makes."""
+    monkeypatch.setenv("ADAPTERKIT_AUTO_PRECISION", "fp32")
+
+
 ALL_TASKS = ["causal_lm", "sequence_classification", "token_classification"]
 
 
