@@ -105,19 +105,6 @@ def _holdout(rows: list[dict], n: int, where: str) -> tuple[list[dict], list[dic
     return [r for i, r in enumerate(rows) if i not in held], [rows[i] for i in sorted(held)]
 
 
-def _score(
-    task: Task, model: nn.Module, examples: list[dict], tokenizer: Any, options: Any
-) -> dict:
-    import torch
-
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        metrics = task.evaluate(model, collate_all(task, examples, tokenizer, options, 16), options)
-    model.train(was_training)
-    return metrics
-
-
 def train(
     recipe: Recipe,
     out_dir: Path,
@@ -133,72 +120,91 @@ def train(
     of a run stopped by SIGINT/SIGTERM (the CLI passes the exact command).
     """
     from adapterkit.plan import report
-    from adapterkit.plugins import load_registry
     from adapterkit.storage import manifest
-    from adapterkit.storage.atomic import write_json
-    from adapterkit.train import resolve, trainer
-    from adapterkit.train.inputs import AdapterBinding, TrainData
+    from adapterkit.train import final_test, resolve, trainer
+    from adapterkit.train.inputs import AdapterBinding
 
     out_dir = Path(out_dir)
-    recover_run_dir(out_dir)
-    checkpoint = prepare_out_dir(out_dir, overwrite, resume)
-    quiet_known_notices()
-
-    registry = load_registry()
-    strategy = registry.strategy(recipe.strategy.name)
-    task = registry.task(recipe.task.name)
-    s_opts = recipe.strategy.options
-
-    # Read data before the model: a bad line should cost milliseconds, not a model load.
-    train_rows, eval_rows, test_rows = _read_data(task, recipe)
-    t_opts = task.setup(train_rows, recipe.task.options)  # e.g. label names, for the head size
-    recipe = dataclasses.replace(recipe, task=dataclasses.replace(recipe.task, options=t_opts))
-    if checkpoint is not None:  # before the model loads: a refusal should cost milliseconds
-        check_resumable(checkpoint, recipe)
-
+    run = _prepare(recipe, out_dir, overwrite, resume)
+    recipe, task, strategy = run.recipe, run.task, run.strategy
+    s_opts, t_opts = recipe.strategy.options, recipe.task.options
     source = sources.resolve(recipe.model.name)
     cfg, model_section = resolve.settings(recipe)
     # Seeded just before the weights load: a new head's initialisation depends on it.
     built = build_model(source, task, t_opts, strategy, s_opts, model_section, seed=cfg.seed)
-    model, tokenizer = built.model, built.tokenizer
     if cfg.precision != "fp32":
-        precision.upcast_trainable(model)  # fp32 master weights over the half-precision base
-
-    train_examples = task.encode(train_rows, tokenizer, t_opts)
-    eval_examples = task.encode(eval_rows, tokenizer, t_opts) if eval_rows else None
-    test_examples = task.encode(test_rows, tokenizer, t_opts) if test_rows else None
-    if not train_examples:
-        raise UserError(
-            f"{recipe.data.train}: no usable training rows (all dropped by truncation?)"
-        )
-
+        precision.upcast_trainable(built.model)  # fp32 master weights over the half-precision base
+    data, test_examples = _encode(run, built.tokenizer)
     as_loaded = dataclasses.replace(recipe, model=model_section)  # the base dtype it trained on
-    save = _saver(strategy, s_opts, manifest.build(as_loaded, source, task, tokenizer), recipe)
-    data = TrainData(task, t_opts, train_examples, eval_examples, tokenizer)
+    save = _saver(
+        strategy, s_opts, manifest.build(as_loaded, source, task, built.tokenizer), recipe
+    )
     try:
         metrics = trainer.fit(
-            model,
+            built.model,
             data,
             AdapterBinding.of(strategy, s_opts, save),
             dataclasses.replace(cfg, gradient_checkpointing=resolve.checkpointing(recipe)),
             out_dir,
-            resume=resolve.resume(checkpoint, recipe, out_dir, resume_hint),
+            resume=resolve.resume(run.checkpoint, recipe, out_dir, resume_hint),
             progress=progress,
             quantized_strategies=report.quantizing_strategies(),
         )
     except OutOfMemoryError as exc:
         raise OutOfMemoryError(f"{exc}\n{report.plan_advice(recipe)}") from exc
     # The trained model computes as it trained from here on: under the run's autocast.
-    precision.autocast_forward(model, precision.compute_dtype(cfg.precision))
+    precision.autocast_forward(built.model, precision.compute_dtype(cfg.precision))
     if test_examples:
-        with precision.autocast(model, precision.compute_dtype(cfg.precision)):
-            extra = _test_metrics(
-                model, strategy, s_opts, task, test_examples, tokenizer, t_opts, out_dir
-            )
-        metrics["definitions"] = {**metrics["definitions"], **extra.pop("definitions")}
-        metrics.update(extra)
-        write_json(out_dir / "metrics.json", metrics)
+        final_test.add_test_metrics(
+            metrics, run.task, run.recipe, (run.strategy, built), test_examples, out_dir
+        )
     return metrics
+
+
+@dataclasses.dataclass
+class _Prepared:
+    """A run before its model: the recipe completed from the data, the plugins, the rows."""
+
+    recipe: Recipe
+    task: Task
+    strategy: Strategy
+    rows: tuple[list[dict], list[dict], list[dict]]
+    checkpoint: Path | None
+
+
+def _prepare(recipe: Recipe, out_dir: Path, overwrite: bool, resume: bool) -> _Prepared:
+    """The run directory made ready, the plugins found, and the data read and checked, all
+    before the model loads: a bad line or a refused resume should cost milliseconds."""
+    from adapterkit.plugins import load_registry
+
+    recover_run_dir(out_dir)
+    checkpoint = prepare_out_dir(out_dir, overwrite, resume)
+    quiet_known_notices()
+    registry = load_registry()
+    strategy = registry.strategy(recipe.strategy.name)
+    task = registry.task(recipe.task.name)
+    rows = _read_data(task, recipe)
+    t_opts = task.setup(rows[0], recipe.task.options)  # e.g. label names, for the head size
+    recipe = dataclasses.replace(recipe, task=dataclasses.replace(recipe.task, options=t_opts))
+    if checkpoint is not None:
+        check_resumable(checkpoint, recipe)
+    return _Prepared(recipe, task, strategy, rows, checkpoint)
+
+
+def _encode(run: _Prepared, tokenizer: Any) -> tuple[Any, list[dict] | None]:
+    """The training data as the loop takes it, and the encoded test rows (None without any)."""
+    from adapterkit.train.inputs import TrainData
+
+    task, t_opts = run.task, run.recipe.task.options
+    train_rows, eval_rows, test_rows = run.rows
+    train_examples = task.encode(train_rows, tokenizer, t_opts)
+    eval_examples = task.encode(eval_rows, tokenizer, t_opts) if eval_rows else None
+    test_examples = task.encode(test_rows, tokenizer, t_opts) if test_rows else None
+    if not train_examples:
+        raise UserError(
+            f"{run.recipe.data.train}: no usable training rows (all dropped by truncation?)"
+        )
+    return TrainData(task, t_opts, train_examples, eval_examples, tokenizer), test_examples
 
 
 def _saver(
@@ -217,36 +223,6 @@ def _saver(
         return adapter_format.save_adapter(path, tensors, manifest, extra, keep_other_files=True)
 
     return save
-
-
-def _test_metrics(
-    model: nn.Module,
-    strategy: Strategy,
-    s_opts: Any,
-    task: Task,
-    examples: list[dict],
-    tokenizer: Any,
-    t_opts: Any,
-    out_dir: Path,
-) -> dict[str, Any]:
-    """Score the test set once with the final adapter and, when there is one, the best adapter.
-
-    `test_eval` is the figure to report: the adapter model selection chose (best/, picked on the
-    eval data, else the final one); the test data never influenced that choice.
-    """
-    from adapterkit.storage import adapter_format
-
-    out: dict[str, Any] = {"test_eval_final": _score(task, model, examples, tokenizer, t_opts)}
-    out["test_eval"] = out["test_eval_final"]
-    if (out_dir / "best" / adapter_format.MANIFEST).is_file():
-        _, tensors = adapter_format.read_adapter(out_dir / "best")
-        strategy.load_adapter_state_dict(model, tensors, s_opts)
-        out["test_eval"] = _score(task, model, examples, tokenizer, t_opts)
-    out["definitions"] = {
-        "test_eval": "Test-set metrics of the selected adapter (best/ if any, else final).",
-        "test_eval_final": "Test-set metrics of the final adapter.",
-    }
-    return out
 
 
 def load(adapter_dir: Path, base: str | None = None, trust_remote_code: bool = False) -> Loaded:
