@@ -31,7 +31,7 @@ test: lint
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/pyright
+	$(BIN)/pyright -p .
 
 format: $(STAMP)
 	$(BIN)/ruff format .
