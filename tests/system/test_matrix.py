@@ -6,7 +6,6 @@ state), and must reproduce the final eval loss bit for bit, then predicts.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ from adapterkit import api
 from adapterkit.recipe import resolve
 from adapterkit.storage.sources import resolve as resolve_model
 from adapterkit.testing import save_tiny_bert_dir, save_tiny_llama_dir
+from adapterkit.testing.fixtures import conll_rows, instruction_rows
 
 STRATEGIES = {
     "full": "{}",
@@ -42,25 +42,6 @@ def pair_rows() -> str:
             f"{' '.join(WORDS[i % 4 : i % 4 + 3])}\t{' '.join(WORDS[i % 6 : i % 6 + 4])}\t{i % 2}"
         )
     return "\n".join(rows) + "\n"
-
-
-def conll_rows() -> str:
-    tags = ["B-PER", "O", "O", "B-LOC", "I-LOC"]
-    out = ["-DOCSTART- -X- -X- O", ""]
-    for i in range(10):
-        for j in range(5):
-            out.append(f"{WORDS[(i + j) % len(WORDS)]} NN O {tags[(i + j) % 5]}")
-        out.append("")
-    return "\n".join(out) + "\n"
-
-
-def instruction_rows() -> str:
-    rows = [
-        {"instruction": "write one two three", "output": "one two three ."},
-        {"instruction": "name a colour", "output": "blue ."},
-        {"instruction": "what is the sun", "output": "the sun is big ."},
-    ]
-    return "".join(json.dumps(r) + "\n" for r in rows * 3)
 
 
 TASKS = {
