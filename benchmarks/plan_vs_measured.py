@@ -2,15 +2,16 @@
 
     .venv/bin/python benchmarks/plan_vs_measured.py [--models smollm2 minilm]
         [--strategies full head last_n lora qlora] [--points 8x64 32x128] [--max-steps 3]
-        [--out benchmarks/results/plan] [--model-path smollm2=DIR] [--jobs N]
+        [--out benchmarks/results/plan] [--model-path smollm2=DIR] [--jobs N] [--precision bf16]
     .venv/bin/python benchmarks/plan_vs_measured.py --measure-runtime
 
 For each embedded model (SmolLM2-135M with causal_lm on data/instructions, MiniLM-L6 with
 sequence_classification on data/sst2), each built-in strategy and each (batch, length) point, it
 runs `adapterkit train` in a child process (one at a time) and compares metrics.json's
 `peak_memory_bytes` (CPU: the process's peak RSS during the training steps; CUDA: the allocator's
-max_memory_allocated) with the plan for the same point. Runs use `train.precision=fp32`, the
-arithmetic the plan models (bf16 autocast is not modelled), on whatever device the trainer picks. Every row of the training file is made
+max_memory_allocated) with the plan for the same point. Runs use `--precision` (default fp32,
+the arithmetic of the older tables; bf16: autocast with the base stored in bf16, which the plan
+models too), on whatever device the trainer picks. Every row of the training file is made
 long enough to be cut at the point's length (rows are concatenated), so every batch is exactly
 batch x length tokens: the measured run and the plan see the same shapes.
 
@@ -126,7 +127,7 @@ def run_point(
         "data.eval=null",
         "train.eval_every=null",
         "train.gradient_checkpointing=false",
-        "train.precision=fp32",
+        "train.precision=fp32",  # unless `extra` (--precision, --set) says otherwise
     ]
     if model_path:
         overrides.append(f"model.name={model_path}")
@@ -159,6 +160,7 @@ def run_point(
         "seq_len": length,
         "device": device,
         "device_name": metrics.get("device_name") or metrics["device"],
+        "precision": metrics.get("precision", "fp32"),
         "measured_bytes": measured,
         "measured_kind": metrics["peak_memory_kind"],
         "measured_after_training": {
@@ -184,6 +186,7 @@ def replan(record: dict[str, Any]) -> dict[str, Any]:
         f"train.batch_size={record['batch_size']}",
         f"task.options.max_length={record['seq_len']}",
         "train.gradient_checkpointing=false",
+        f"train.precision={record.get('precision', 'fp32')}",
         *record.get("overrides", []),
     ]
     if record.get("model_path"):  # else the embedded model, whose config a copy would share
@@ -200,13 +203,15 @@ def replan(record: dict[str, Any]) -> dict[str, Any]:
 
 def table(records: list[dict[str, Any]]) -> str:
     lines = [
-        "| model | strategy | batch x length | device | planned | measured | error |",
-        "|---|---|---|---|---|---|---|",
+        "| model | strategy | batch x length | device | precision | overrides | planned "
+        "| measured | error |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in records:
         lines.append(
             f"| {r['model']} | {r['strategy']} | {r['batch_size']} x {r['seq_len']} "
-            f"| {r['device']} | {r['planned_bytes'] / 2**20:,.1f} MiB "
+            f"| {r['device']} | {r.get('precision', 'fp32')} | {' '.join(r.get('overrides', []))} "
+            f"| {r['planned_bytes'] / 2**20:,.1f} MiB "
             f"| {r['measured_bytes'] / 2**20:,.1f} MiB | {r['error']:+.1%} |"
         )
     if records:
@@ -227,6 +232,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/plan")
     parser.add_argument("--model-path", action="append", default=[], metavar="MODEL=DIR")
     parser.add_argument("--jobs", type=int, default=1, help="points at once (CUDA only)")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE",
         help="extra recipe override for every run (e.g. train.release_memory=true); recorded",
@@ -262,7 +268,15 @@ def main() -> int:
     ):
         futures = [
             pool.submit(
-                run_point, m, s, b, n, args.max_steps, Path(tmp), paths.get(m), tuple(args.set)
+                run_point,
+                m,
+                s,
+                b,
+                n,
+                args.max_steps,
+                Path(tmp),
+                paths.get(m),
+                (f"train.precision={args.precision}", *args.set),
             )
             for m, s, b, n in jobs
         ]

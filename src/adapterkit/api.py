@@ -26,7 +26,7 @@ from adapterkit.recipe import Recipe
 from adapterkit.storage import sources
 from adapterkit.storage.run_dir import check_resumable, prepare_out_dir, recover_run_dir
 from adapterkit.strategy import Strategy, extra_files
-from adapterkit.task import Task, collate_all
+from adapterkit.task import Task, collate_all, generated_metrics
 from adapterkit.train import precision
 
 if TYPE_CHECKING:
@@ -291,7 +291,11 @@ def evaluate(adapter_dir: Path, data: Path, batch_size: int = 8) -> dict[str, An
     import torch
 
     with torch.no_grad(), loaded.autocast():
-        return loaded.task.evaluate(loaded.model, batches, loaded.task_options)
+        metrics = loaded.task.evaluate(loaded.model, batches, loaded.task_options)
+        extra = generated_metrics(
+            loaded.task, loaded.model, loaded.tokenizer, examples, loaded.task_options
+        )
+    return {**metrics, **extra}
 
 
 def predict(adapter_dir: Path, data: Path, batch_size: int = 32) -> list[dict[str, Any]]:
@@ -310,38 +314,46 @@ def predict(adapter_dir: Path, data: Path, batch_size: int = 32) -> list[dict[st
 
 
 def generate(
-    prompt: str, adapter: Path | None = None, model: str | None = None, max_new_tokens: int = 128
+    prompt: str,
+    adapter: Path | None = None,
+    model: str | None = None,
+    max_new_tokens: int = 128,
+    task: str | None = None,
 ) -> str:
-    """Greedy answer to `prompt` in the task's chat format, with an adapter or a bare base model."""
+    """Greedy answer to `prompt` in the task's format, with an adapter or a bare base model (and
+    `task`, the registered task to prompt it as; optional when only one task generates)."""
     dtype = None
     if adapter is not None:
         loaded = load(adapter)
-        task, t_opts, m, tok = loaded.task, loaded.task_options, loaded.model, loaded.tokenizer
+        chosen, t_opts, m, tok = loaded.task, loaded.task_options, loaded.model, loaded.tokenizer
         dtype = loaded.compute_dtype
     else:
-        task = _generating_task()
+        chosen = _generating_task(task)
         if model is None:
             raise TypeError("generate() needs an adapter or a model")
-        t_opts, _ = opts.parse(type(task).Options, {}, "task")
-        m, tok = task.load_model(sources.resolve(model), t_opts, {})
+        t_opts, _ = opts.parse(type(chosen).Options, {}, "task")
+        m, tok = chosen.load_model(sources.resolve(model), t_opts, {})
         m.eval()
-    answer = getattr(task, "generate", None)  # an optional Task member
+    answer = getattr(chosen, "generate", None)  # an optional Task member
     if answer is None:
-        raise UserError(f"task '{task.name}' does not generate text; use `adapterkit predict`")
+        raise UserError(f"task '{chosen.name}' does not generate text; use `adapterkit predict`")
     with precision.autocast(m, dtype):
         return answer(m, tok, prompt, t_opts, max_new_tokens=max_new_tokens)
 
 
-def _generating_task() -> Task:
-    """The one registered task that generates text (has `generate`), for a bare base model."""
+def _generating_task(name: str | None) -> Task:
+    """The task `name`, or else the one registered task that generates (has `generate`), for a
+    bare base model."""
     from adapterkit.plugins import load_registry
 
     registry = load_registry()
+    if name is not None:
+        return registry.task(name)
     names = [n for n in registry.names("task") if hasattr(registry.classes["task"][n], "generate")]
     if len(names) != 1:
         raise UserError(
-            "a base model without an adapter needs the one task that generates text; "
-            f"registered tasks that generate: {', '.join(names) or 'none'}"
+            "a base model without an adapter: say which task to prompt it as with --task "
+            f"(tasks that generate: {', '.join(names) or 'none'})"
         )
     return registry.task(names[0])
 

@@ -232,6 +232,11 @@ def compare(
 @click.option("--budget", help="Memory budget, e.g. 24GiB: says what fits and the largest batch.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), help="[cuda if present, else cpu]")
 @click.option("--model", help="Plan another model: a config.json, a directory or a short name.")
+@click.option(
+    "--precision",
+    type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
+    help="Plan this train.precision [the recipe's, resolved as `train` resolves it].",
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def plan(
     recipe: Path,
@@ -240,6 +245,7 @@ def plan(
     budget: str | None,
     device: Literal["cpu", "cuda"] | None,
     model: str | None,
+    precision: str | None,
     as_json: bool,
 ) -> None:
     """Estimate training memory per strategy from the model's config alone (no weights read)."""
@@ -249,6 +255,7 @@ def plan(
 
     quiet_known_notices()
     extra = [f"model.name={model}"] if model else []
+    extra += [f"train.precision={precision}"] if precision else []
     resolved = resolve(recipe, [*overrides, *extra])
     if device is None:
         import torch
@@ -306,13 +313,24 @@ def predict(adapter: Path, data: Path, out: Path | None, batch_size: int) -> Non
 @click.option("--adapter", type=click.Path(path_type=Path), help="Adapter directory.")
 @click.option("--model", help="Base model without an adapter (short name or path).")
 @click.option("--max-new-tokens", type=int, default=128, show_default=True)
-def generate(prompt: str, adapter: Path | None, model: str | None, max_new_tokens: int) -> None:
-    """Answer PROMPT with a causal-LM adapter (same chat format as training)."""
+@click.option(
+    "--task", "task", help="With --model: the registered task to prompt it as; "
+    "needed when several tasks generate.",
+)  # fmt: skip
+def generate(
+    prompt: str, adapter: Path | None, model: str | None, max_new_tokens: int, task: str | None
+) -> None:
+    """Generate from PROMPT with an adapter (in its training format) or a bare model."""
     from adapterkit import api
 
     if (adapter is None) == (model is None):
         raise UserError("give exactly one of --adapter DIR or --model NAME")
-    click.echo(api.generate(prompt, adapter=adapter, model=model, max_new_tokens=max_new_tokens))
+    if adapter is not None and task is not None:
+        raise UserError("--task goes with --model; an adapter knows its task")
+    text = api.generate(
+        prompt, adapter=adapter, model=model, max_new_tokens=max_new_tokens, task=task
+    )
+    click.echo(text)
 
 
 def _add_plugin_commands() -> None:

@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 class Task(Protocol):
     name: ClassVar[str]
     Options: ClassVar[type]
-    # The eval metric used to pick the best checkpoint, and whether higher is better.
+    # The eval metric used to pick the best checkpoint, and whether higher is better (a task whose
+    # options choose the metric also defines `selection(options)`, below; the core asks `selection`).
     selection_metric: ClassVar[str]
     higher_is_better: ClassVar[bool]
 
@@ -92,12 +93,24 @@ class Task(Protocol):
 #   logits_bytes(batch, length, config, options) -> int
 #       Bytes of the logits and the loss's copies of them at their largest, for `batch` rows of
 #       `length` tokens. Default: three float32 copies of [batch, length, vocab_size] (a causal LM's).
+#   collate_train(examples, tokenizer, options, seed, epoch) -> batch
+#       A training batch of epoch `epoch` (0, 1, ...) in a run seeded `seed` (`train.seed`), for a
+#       task that draws something afresh each epoch from a key instead of hidden RNG state (masked
+#       LM: its masks), so a resumed run draws the same. Default: `collate`.
 #   packs(options) -> bool
 #       Whether a step's rows go into the model packed as one sequence (no padding, attention only
 #       within each row). The planner then sees one row of batch x length tokens. Default: False.
+#   selection(options) -> tuple[str, bool]
+#       The eval metric that picks best/ and whether higher is better, when the options choose it
+#       (called with the options `setup` completed). Default: (selection_metric, higher_is_better).
 #   predict(model, tokenizer, rows, options, batch_size) -> list[dict]   for `adapterkit predict`
 #       (a label and score per row, or a tag per word); rows may lack labels.
 #   generate(model, tokenizer, prompt, options, max_new_tokens) -> str    for `adapterkit generate`
+#   generated_metrics(model, tokenizer, examples, options) -> dict
+#       Figures of text the model generates for the encoded eval `examples` (BLEU, ROUGE, exact
+#       match...), added to `evaluate`'s wherever the core evaluates: the evals during training, the
+#       test set, `adapterkit eval`. Called with the model in eval mode, without gradients; the task
+#       bounds the work itself (how many rows, how many new tokens). Default: no such figures.
 # The core reaches them only through the functions below, never by a task's name.
 
 
@@ -126,6 +139,35 @@ def packs(task: Task, options: Any) -> bool:
     """`task.packs(options)`, or False (rows padded to the longest of their batch)."""
     own = getattr(task, "packs", None)
     return bool(own(options)) if own is not None else False
+
+
+def generated_metrics(
+    task: Task, model: nn.Module, tokenizer: Any, examples: list[dict], options: Any
+) -> dict[str, Any]:
+    """`task.generated_metrics(...)` on `examples`, or {} (no such member, or no examples)."""
+    own = getattr(task, "generated_metrics", None)
+    if own is None or not examples:
+        return {}
+    return dict(own(model, tokenizer, examples, options))
+
+
+def selection(task: Task, options: Any) -> tuple[str, bool]:
+    """`task.selection(options)`, or the class's (selection_metric, higher_is_better)."""
+    own = getattr(task, "selection", None)
+    if own is not None:
+        metric, higher = own(options)
+        return str(metric), bool(higher)
+    return str(task.selection_metric), bool(task.higher_is_better)
+
+
+def collate_train(
+    task: Task, examples: list[dict], tokenizer: Any, options: Any, seed: int, epoch: int
+) -> dict[str, torch.Tensor]:
+    """`task.collate_train(examples, ..., seed=seed, epoch=epoch)`, or `task.collate(...)`."""
+    own = getattr(task, "collate_train", None)
+    if own is not None:
+        return own(examples, tokenizer, options, seed=seed, epoch=epoch)
+    return task.collate(examples, tokenizer, options)
 
 
 def collate_all(

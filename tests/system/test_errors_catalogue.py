@@ -117,6 +117,41 @@ def csv_malformed(ws, tmp):
     return _seq(ws, tmp, f), [f"{f}:3:", "3 fields", "header on line 1 has 2"]
 
 
+def conllu_malformed(ws, tmp):
+    word = "\t".join(["1", "the", "_", "DET", "_", "_", "_", "_", "_", "_"])
+    f = _file(tmp, "bad.conllu", word + "\n2\tcat\tNOUN\n")
+    options = "task.options={token_column: FORM, tag_column: UPOS}"
+    args = _train(ws, tmp, "task.name=token_classification", options, f"data.train={f}")
+    return args, [f"{f}:2:", "3 fields, but a CoNLL-U line has 10"]
+
+
+def pairs_misaligned(ws, tmp):
+    src = _file(tmp, "train.en", "a cat\na dog\n")
+    tgt = _file(tmp, "train.de", "eine katze\n")
+    options = "task.options={source_file: en, target_file: de}"
+    args = _train(ws, tmp, "task.name=seq2seq", options, f"data.train={src}")
+    return args, [f"{src} has 2 lines but {tgt} has 1"]
+
+
+def target_empty(ws, tmp):
+    rows = '{"source": "a", "target": "b"}\n{"source": "c", "target": " "}\n'
+    f = _file(tmp, "pairs.jsonl", rows)
+    args = _train(ws, tmp, "task.name=seq2seq", "task.options={}", f"data.train={f}")
+    return args, [f"{f}:2:", "empty text in 'target'"]
+
+
+def qa_offset(ws, tmp):
+    qa = {
+        "id": "q1",
+        "question": "what is the cat ?",
+        "answers": [{"text": "red", "answer_start": 12}],
+    }
+    data = {"data": [{"paragraphs": [{"context": "the cat is red .", "qas": [qa]}]}]}
+    f = _file(tmp, "squad.json", json.dumps(data))
+    args = _train(ws, tmp, "task.name=extractive_qa", "task.options={}", f"data.train={f}")
+    return args, [str(f), "data[0].paragraphs[0].qas[0] (id q1)", "does not match the context"]
+
+
 def tsv_malformed(ws, tmp):
     f = _file(tmp, "bad.tsv", "sentence\tlabel\ngood film\t1\nbad film 0\n")
     return _seq(ws, tmp, f), [f"{f}:3:", "1 fields"]

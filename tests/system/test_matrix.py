@@ -1,11 +1,14 @@
-"""Every strategy x every task, on tiny random BERT and Llama models, through the public API.
+"""Strategies x tasks on tiny random models, through the public API, end to end.
 
 Each case trains three steps, saves, reloads the adapter onto a freshly loaded base (different RNG
-state), and must reproduce the final eval loss bit for bit, then predicts.
+state), and must reproduce the final eval bit for bit, then predicts (or generates). The first
+tasks run with every strategy on both BERT and Llama; the later ones with LoRA on the model they
+are used with (every strategy on every task is the conformance kit's, tests/unit/strategies).
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -15,7 +18,8 @@ from adapterkit import api
 from adapterkit.recipe import resolve
 from adapterkit.storage.sources import resolve as resolve_model
 from adapterkit.testing import save_tiny_bert_dir, save_tiny_llama_dir
-from adapterkit.testing.fixtures import conll_rows, instruction_rows
+from adapterkit.testing.fixtures import TASK_CASES, conll_rows, instruction_rows
+from adapterkit.testing.tiny import save_tiny_t5_dir
 
 STRATEGIES = {
     "full": "{}",
@@ -61,6 +65,11 @@ CASES = [
     for strategy in STRATEGIES
     if not (model == "bert" and task == "causal_lm")
 ]
+LATER_TASKS = ("text", "masked_lm", "seq2seq", "extractive_qa")
+for _name in LATER_TASKS:
+    _case = TASK_CASES[_name]
+    TASKS[_name] = (_case.data_file, _case.rows, json.dumps(_case.options))
+    CASES.append((_case.model, _name, "lora"))
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +78,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {
         "bert": save_tiny_bert_dir(root / "bert"),
         "llama": save_tiny_llama_dir(root / "llama", tied=False),
+        "t5": save_tiny_t5_dir(root / "t5", tied=False),  # T5 v1.1's own LM head
     }
 
 
@@ -96,9 +106,25 @@ def test_train_save_reload_predict(
     again = api.evaluate(out, data, batch_size=5)
     assert again == metrics["final_eval"]  # bit for bit: every figure equal, not approximately
 
-    if task == "causal_lm":
-        assert api.generate("name a colour", adapter=out, max_new_tokens=3) is not None
-    else:
+    _predicts(task, out, data, tmp_path)
+
+
+def _predicts(task: str, out: Path, data: Path, tmp_path: Path) -> None:
+    if task in ("causal_lm", "text", "seq2seq"):
+        assert isinstance(api.generate("name a colour", adapter=out, max_new_tokens=3), str)
+    if task == "seq2seq":
+        predictions = api.predict(out, data)
+        assert len(predictions) == 12 and isinstance(predictions[0]["prediction"], str)
+    elif task == "masked_lm":  # fill-mask: a token and its probability per [MASK]
+        masks = tmp_path / "masks.txt"
+        masks.write_text("the [MASK] is happy .\n\na big [MASK] [MASK] .\n")
+        predictions = api.predict(out, masks)
+        assert [len(p["fills"]) for p in predictions] == [1, 2]
+        assert all(0 < f["score"] <= 1 for f in predictions[1]["fills"])
+    elif task == "extractive_qa":
+        predictions = api.predict(out, data)
+        assert len(predictions) == 9 and all(0 <= p["score"] <= 1 for p in predictions)
+    elif task not in ("causal_lm", "text"):
         predictions = api.predict(out, data)
         assert len(predictions) == (10 if task == "token_classification" else 12)
         first = predictions[0]

@@ -11,11 +11,12 @@ from adapterkit_ia3 import Ia3
 from adapterkit.errors import RecipeError
 from adapterkit.strategy import ModelParts
 from adapterkit.testing import check_strategy, save_tiny_llama_dir, tiny_tokenizer
+from adapterkit.testing.fixtures import TASK_CASES
 
 
 def test_ia3_meets_the_strategy_contract_on_every_builtin_task() -> None:
     tasks = check_strategy(Ia3)
-    assert tasks == ["causal_lm", "sequence_classification", "token_classification"]
+    assert tasks == list(TASK_CASES)  # every built-in task, each on its usual tiny model
 
 
 def test_ia3_with_its_own_target_modules() -> None:

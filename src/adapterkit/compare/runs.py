@@ -34,7 +34,9 @@ from adapterkit.compare.overrides import (
 from adapterkit.compare.report import markdown_table, pareto_front, plot_losses, plot_pareto
 from adapterkit.errors import UserError
 from adapterkit.recipe import Recipe, resolve
+from adapterkit.storage.adapter_format import MANIFEST
 from adapterkit.storage.atomic import write_json
+from adapterkit.task import selection
 from adapterkit.train.metrics import RunMetrics
 
 # Re-exported: callers (the CLI, tests) reach the comparison through this module.
@@ -118,16 +120,33 @@ def _row_from_run(row: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     for key in METRICS_FIELDS:
         row[key] = metrics.get(key)
     row["trainer_wall_time_s"] = metrics.get("wall_time_s")
+    own = _run_metric(run_dir)
+    if own is not None:
+        row["eval_metric"], row["higher_is_better"] = own
     row["eval_value"] = _metric_of(metrics.get("final_eval"), row["eval_metric"])
     row["test_value"] = _metric_of(metrics.get("test_eval"), row["eval_metric"])
     return row
 
 
 def _task_metric(recipe: Recipe) -> tuple[str, bool]:
+    """The selection metric as the recipe's task options say (before `setup` has seen the data)."""
     from adapterkit.plugins import load_registry
 
-    task = load_registry().task(recipe.task.name)
-    return task.selection_metric, bool(task.higher_is_better)
+    return selection(load_registry().task(recipe.task.name), recipe.task.options)
+
+
+def _run_metric(run_dir: Path) -> tuple[str, bool] | None:
+    """The selection metric as the run's own task options say (completed from its data by
+    `setup`, e.g. label names), from its manifest; None when they cannot be read back."""
+    from adapterkit.plugins import load_registry
+
+    info = json.loads((run_dir / MANIFEST).read_text()).get("task") or {}
+    try:
+        task = load_registry().task(str(info.get("name")))
+    except UserError:
+        return None
+    t_opts, _ = opts.parse(type(task).Options, info.get("options"), "task.options")
+    return None if t_opts is None else selection(task, t_opts)
 
 
 def _validate(
@@ -192,6 +211,11 @@ def run(
             print(f"[{i}/{len(strategies)}] {strategy}: {outcome}", file=sys.stderr, flush=True)
         rows.append(row)
 
+    done = next((r for r in rows if not r["error"]), None)
+    if done is not None:  # the runs' own answer: every row names the same metric
+        metric, higher = done["eval_metric"], done["higher_is_better"]
+        for row in rows:
+            row.update(eval_metric=metric, higher_is_better=higher)
     if metric is not None:
         front = pareto_front(rows, "eval_value", bool(higher))
         for row in rows:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 FP32 = 4  # bytes of a float32 element: activations, gradients and AdamW moments are float32
+HALF = 2  # bytes of a bfloat16 or float16 element
 INT64 = 8  # bytes of an int64 element: token ids and targets
 BOOL = 1  # bytes of a bool element: CUDA dropout masks and SDPA padding masks
 SCALAR_F64 = 8  # a 0-dim float64 tensor autograd saves for a Python-float multiply (LoRA scaling)
@@ -26,7 +27,7 @@ BERT_TYPES = frozenset({"bert", "roberta", "xlm-roberta", "electra", "camembert"
 class Arch:
     """The sizes that decide activation memory, read from a transformers config."""
 
-    family: Literal["llama", "bert"]
+    family: Literal["llama", "bert", "t5"]
     hidden: int
     intermediate: int
     heads: int
@@ -42,6 +43,12 @@ class Arch:
 def arch_from_config(config: Any) -> Arch:
     """Read the sizes from a config; ValueError for a family whose blocks are not written out."""
     model_type = getattr(config, "model_type", "")
+    from adapterkit.plan.families import t5  # encoder-decoder sizes have their own names
+
+    if model_type in t5.T5_TYPES:
+        return t5.arch(config)
+    if getattr(config, "is_encoder_decoder", False):
+        raise ValueError(f"no activation model for the encoder-decoder model_type {model_type!r}")
     hidden = int(config.hidden_size)
     heads = int(config.num_attention_heads)
     head_dim = int(getattr(config, "head_dim", None) or hidden // heads)
@@ -79,6 +86,8 @@ class Linear:
     trains: bool = False  # its base weight trains
     lora_r: int = 0  # LoRA rank on it (0: not adapted)
     lora_dropout: float = 0.0
+    quantized: bool = False  # a 4-bit base (bitsandbytes): its output has its input's dtype
+    d_out: int = 0  # its output features
 
 
 @dataclass(frozen=True)
@@ -87,6 +96,7 @@ class Block:
 
     linears: dict[str, Linear] = field(default_factory=dict)
     norms_train: bool = False
+    norm_bytes: int = FP32  # bytes of an element of its norms' weights
 
     def get(self, role: str) -> Linear:
         return self.linears.get(role, Linear())
@@ -104,6 +114,45 @@ class Trainable:
     final_norm: bool  # Llama's norm after the last block trains
     head: bool  # the task head trains
     pooled_head: bool = True  # BERT: the head reads the pooled [CLS] row (else every token)
+    embedding_bytes: int = FP32  # bytes of an element of the input embeddings (their output's)
+    final_norm_bytes: int = FP32  # ... of the final norm's weight
+    head_bytes: int = FP32  # ... of the head's weight (its trained copy, when it trains)
+    head_out: int = 0  # the head's output features (vocabulary, labels)
+
+
+@dataclass(frozen=True)
+class Numerics:
+    """How a step computes, beyond the shapes: its device, its precision and its packing.
+
+    fp32 (the default): no autocast, every element 4 bytes. bf16/fp16: the forward runs under
+    autocast, so matmul-like ops (linear, SDPA) cast their inputs to the 2-byte compute dtype, each
+    cast a new tensor (kept when that op saves its input); trained weights are float32 master
+    weights, so their casts too are new tensors, kept by every matmul whose input requires grad.
+    Ops outside autocast's lists (norms, adds, activations) compute in their inputs' promoted
+    dtype. A half-precision base without autocast (`model.dtype` bfloat16 under fp32) computes
+    in 2 bytes throughout, trained weights included.
+    """
+
+    device: Device = "cpu"
+    compute: int = FP32  # bytes of a matmul operand (autocast's dtype; else the base's)
+    autocast: bool = False
+    trained: int = FP32  # bytes of an element of a trained weight
+    residual: int = FP32  # bytes of the hidden states between blocks (the embeddings' dtype)
+    segments: int = 1  # rows packed into each sequence (1: not packed)
+
+
+FP32_RUN = Numerics()
+
+
+@dataclass(frozen=True)
+class Input:
+    """The tensor a group of linear layers reads (q/k/v read one, gate/up another)."""
+
+    tokens: int
+    width: int  # its features (the linears' input features)
+    nbytes: int = FP32  # bytes of an element
+    grad: bool = False  # it requires grad
+    kept: bool = False  # another op already keeps its storage
 
 
 @dataclass

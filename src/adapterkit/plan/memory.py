@@ -1,14 +1,18 @@
 """Memory plan from the model config alone: the model is built on the meta device, no weight is read.
 
-For each strategy, in bytes:
+The meta model is given the dtypes the run gives the real one (layout.as_trained): with
+`precision` bf16/fp16 the frozen base is stored in that dtype and the trained parameters are
+float32 master weights, and the forward runs under autocast (activations.py says what that
+keeps). For each strategy, in bytes:
 
     weights            every parameter at the dtype it is stored in (NF4 + its statistics for QLoRA)
-    gradients          one float32 gradient per trainable parameter
-    optimizer          AdamW: two float32 moments per trainable parameter + a float32 `step` per
-                       trainable tensor (torch keeps it as a 0-dim tensor)
+    gradients          one gradient per trainable parameter, in its dtype (float32 master weights)
+    optimizer          AdamW: two moments per trainable parameter (its dtype) + a float32 `step`
+                       per trainable tensor (torch keeps it as a 0-dim tensor)
     activations        saved tensors for backward (activations.py), with and without
                        gradient checkpointing
-    logits_and_loss    the float32 logits and the cross entropy's copies of them
+    logits_and_loss    what the task's loss holds (`Task.logits_bytes`; told the dtypes of the
+                       final hidden states and of the head where it takes them)
     block_transient    the largest working set of one block's forward that is not kept for
                        backward (activations.block_transient)
     runtime_overhead   CPU: the resident process before any model (CPU_RUNTIME_BYTES); CUDA: the
@@ -40,16 +44,20 @@ import functools
 from typing import TYPE_CHECKING, Any, Literal
 
 from adapterkit.build import build_model
-from adapterkit.plan.activations import FAMILIES, Activations, activations, block_transient
-from adapterkit.plan.arch import FP32, Arch, Block, Linear, Trainable, arch_from_config
-from adapterkit.plan.weights import base_model, planning_source, trainable_tensors, weight_bytes
+from adapterkit.plan.activations import Activations, activations, block_transient, step_numerics
+from adapterkit.plan.arch import FP32, Arch, Trainable, arch_from_config
+from adapterkit.plan.layout import Precision, as_trained, numerics, trainable_layout
+from adapterkit.plan.weights import (
+    planning_source,
+    quantized_linears,
+    trainable_tensors,
+    weight_bytes,
+)
 from adapterkit.strategy import quantized_base
 from adapterkit.task import logits_bytes, packs
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
-
-    from torch import nn
 
     from adapterkit.recipe import Recipe
     from adapterkit.strategy import Strategy
@@ -90,6 +98,7 @@ class StrategyPlan:
     total_params: int
     components: dict[str, Any]
     gradient_checkpointing: bool | None = None
+    precision: str = "fp32"  # the arithmetic planned: fp32, bf16 or fp16 (autocast)
     _recompute: Callable[[int], StrategyPlan] | None = dataclasses.field(
         default=None, repr=False, compare=False
     )
@@ -138,88 +147,24 @@ def _max_batch(ok: Callable[[int], bool], limit: int) -> int:
     return lo
 
 
-# ---- which parameters train, as activation memory sees it ----------------------------------------
-
-
-def _linear_state(module: nn.Module) -> Linear:
-    """How one linear layer trains. Besides its own weight and a LoRA branch, any other trainable
-    parameter inside the wrapper (IA3's scaling vectors, a third party's) is counted as a trained
-    weight: its gradient needs the layer's input (or output) kept, which is what that costs."""
-    base = getattr(module, "base_layer", module)
-    trains = bool(getattr(base, "weight", None) is not None and base.weight.requires_grad)
-    trains = trains or any(
-        p.requires_grad
-        for n, p in module.named_parameters()
-        if "lora_" not in n and not n.endswith("bias")  # a bias gradient needs no input
-    )
-    lora_a = getattr(module, "lora_A", None)
-    if lora_a is not None and "default" in lora_a:  # a peft LoraLayer, read by duck typing
-        ranks: dict[str, int] = getattr(module, "r")  # noqa: B009 (torch types it Tensor | Module)
-        drop = getattr(module, "lora_dropout")["default"]  # noqa: B009
-        r = int(ranks["default"])
-        return Linear(trains=trains, lora_r=r, lora_dropout=float(getattr(drop, "p", 0.0)))
-    return Linear(trains=trains)
-
-
-def trainable_layout(model: nn.Module, family: str, head: tuple[str, ...]) -> Trainable:
-    """Read the trainable set off a (meta) model after the strategy was applied."""
-    from adapterkit.strategy import final_norm, find_blocks
-
-    inner = base_model(model)
-    blocks_name, blocks = find_blocks(inner)
-    out = []
-    for blk in blocks:
-        linears: dict[str, Linear] = {}
-        for local, mod in blk.named_modules():
-            role = FAMILIES[family].role(local)
-            if role is not None and hasattr(getattr(mod, "base_layer", mod), "weight"):
-                linears[role] = _linear_state(mod)
-        norms = any(
-            p.requires_grad
-            for n, m in blk.named_modules()
-            if "norm" in type(m).__name__.lower()
-            for p in m.parameters(recurse=False)
-        )
-        out.append(Block(linears=linears, norms_train=norms))
-    emb = inner.get_input_embeddings()
-    norm = final_norm(inner, blocks_name)
-    head_trains = any(
-        p.requires_grad for name in head for p in inner.get_submodule(name).parameters()
-    )
-    if not head_trains:  # peft keeps a trained copy of a new head under modules_to_save
-        head_trains = any(
-            p.requires_grad and "modules_to_save" in n for n, p in model.named_parameters()
-        )
-    return Trainable(
-        embeddings=any(p.requires_grad for p in emb.parameters()),
-        blocks=tuple(out),
-        final_norm=bool(norm is not None and any(p.requires_grad for p in norm.parameters())),
-        head=head_trains,
-        pooled_head=any(name.endswith("pooler") for name in head),
-    )
-
-
 # ---- the plan ------------------------------------------------------------------------------------
 
 
-def optimizer_bytes(tensors: list[tuple[str, int]]) -> int:
-    """AdamW state: exp_avg and exp_avg_sq (float32, one each per trainable parameter) and the
-    0-dim float32 `step` of every trainable tensor."""
-    return sum(2 * n * FP32 + STEP_TENSORS * FP32 for _, n in tensors)
+def optimizer_bytes(tensors: list[tuple[str, int, int]]) -> int:
+    """AdamW state: exp_avg and exp_avg_sq (one each per trainable parameter, in its dtype:
+    float32 master weights under autocast) and the 0-dim float32 `step` of every trainable
+    tensor. `tensors`: (name, numel, bytes an element)."""
+    return sum(2 * n * size + STEP_TENSORS * FP32 for _, n, size in tensors)
 
 
-def step_scratch_bytes(tensors: list[tuple[str, int]], device: Device) -> int:
-    """Temporaries of the AdamW update. On CPU torch runs the per-tensor loop: `exp_avg_sq.sqrt() /
-    bias_correction2_sqrt` makes two tensors the size of the parameter being updated (the largest
-    one counts). On CUDA the foreach version makes one sqrt copy of every moment at once."""
-    if not tensors:
-        return 0
-    if device == "cpu":
-        return 2 * max(n for _, n in tensors) * FP32
-    return sum(n for _, n in tensors) * FP32
+def step_scratch_bytes(tensors: list[tuple[str, int, int]], device: Device) -> int:
+    """Temporaries of the AdamW update: none. The trainer takes torch's fused AdamW
+    (`train.optim.make_optimizer`; CPU and CUDA have it), which updates each element in place
+    (profiled on CPU: the step's peak is the parameters, gradients and moments alone)."""
+    return 0
 
 
-def plan(
+def plan(  # noqa: PLR0913 (the public signature; precision is keyword-only, after the eight)
     config_or_source: Any,
     task_name: str | type[Task] | Task,
     strategies: Sequence[str | type[Strategy]],
@@ -228,6 +173,8 @@ def plan(
     seq_len: int,
     device: Device,
     task_options: Any = None,
+    *,
+    precision: str | Precision = "fp32",
 ) -> list[StrategyPlan]:
     """A memory plan per strategy for `batch_size` rows of `seq_len` tokens on `device`.
 
@@ -235,9 +182,12 @@ def plan(
     embedded short name. `task_name` and each of `strategies`: a registered name, or a class (a
     plugin under test need not be registered). `strategy_options`: {strategy name: options dict or
     Options instance}. `task_options`: the task's parsed options (default: its defaults).
+    `precision`: the run's arithmetic, fp32, bf16 or fp16 (autocast, the base stored in that
+    dtype, as `model.dtype: auto`), or a `Precision` naming another base dtype.
     """
     task = _task(task_name)
     t_opts = task_options if task_options is not None else type(task).Options()
+    prec = precision if isinstance(precision, Precision) else Precision(precision)
     with planning_source(config_or_source) as (config, source):
         arch = arch_from_config(config)
         plans = []
@@ -246,19 +196,39 @@ def plan(
             options = raw if isinstance(raw, cls.Options) else cls.Options(**(raw or {}))
             strategy = cls()
             built = build_model(source, task, t_opts, strategy, options, meta_config=config)
-            tensors = trainable_tensors(built.model)
-            weights = weight_bytes(built.model, quantized_base(strategy), built.parts.head)
-            layout = trainable_layout(built.model, arch.family, built.parts.head)
-            static = {**_static(weights, tensors, device), "packed": packs(task, t_opts)}
-            logits = functools.partial(logits_bytes, task, config=config, options=t_opts)
-            recompute = functools.partial(
-                _make, cls.name, arch, layout, static, logits,
-                length=seq_len, device=device,
-            )  # fmt: skip
+            quantized = quantized_base(strategy)
+            as_trained(built.model, prec, quantized)
+            head = built.parts.head
+            weights = weight_bytes(built.model, quantized, head)
+            names = quantized_linears(built.model, head) if quantized else set()
+            layout = trainable_layout(built.model, arch.family, head, names)
+            static = _static(weights, trainable_tensors(built.model), device)
+            static |= {"packed": packs(task, t_opts), "precision": prec}
+            logits = _logits_fn(task, config, t_opts, layout)
+            recompute = functools.partial(_make, cls.name, arch, layout, static, logits,
+                                          length=seq_len, device=device)  # fmt: skip
             p = recompute(batch_size)
             p._recompute = recompute
             plans.append(p)
     return plans
+
+
+def _logits_fn(task: Task, config: Any, options: Any, layout: Trainable) -> Callable[..., int]:
+    """`logits_bytes` for the task, told (where its `logits_bytes` takes them) the bytes of an
+    element of the final hidden states its loss reads (`hidden_bytes`) and of the head's weight
+    (`head_bytes`): a half head or hidden state changes what a loss working in float32 copies."""
+    import inspect
+
+    own = getattr(task, "logits_bytes", None)
+    fn = functools.partial(logits_bytes, task, config=config, options=options)
+    if own is None:
+        return fn
+    params = inspect.signature(own).parameters
+    if not {"hidden_bytes", "head_bytes"} <= set(params):
+        return fn
+    hidden = max(layout.final_norm_bytes, layout.embedding_bytes)  # the final norm's output
+    extra = {"hidden_bytes": hidden, "head_bytes": layout.head_bytes}
+    return lambda batch, length: int(own(batch, length, config, options, **extra))
 
 
 def _task(task: str | type[Task] | Task) -> Task:
@@ -282,14 +252,15 @@ def _strategy_classes(strategies: Sequence[str | type[Strategy]]) -> list[type[S
     return out
 
 
-def _static(weights: dict[str, Any], tensors: list[tuple[str, int]], device: Device) -> dict:
-    trainable = sum(n for _, n in tensors)
+def _static(
+    weights: dict[str, Any], tensors: list[tuple[str, int, int]], device: Device
+) -> dict[str, Any]:
     return {
         "weights": weights["total"],
         "weights_detail": weights["detail"],
         "logical_params": weights["logical_params"],
-        "trainable": trainable,
-        "gradients": trainable * FP32,
+        "trainable": sum(n for _, n, _ in tensors),
+        "gradients": sum(n * size for _, n, size in tensors),  # a gradient has its tensor's dtype
         "optimizer": optimizer_bytes(tensors),
         "optimizer_step_scratch": step_scratch_bytes(tensors, device),
         "runtime_overhead": (
@@ -316,9 +287,10 @@ def _make(
     # A task that packs a step's rows hands the blocks one sequence of b x length tokens (no
     # padding mask, per-row attention); the logits are the task's to say either way.
     rows, row_length = (1, b * length) if st["packed"] else (b, length)
-    acts: Activations = activations(arch, layout, rows, row_length, device)
+    run = numerics(st["precision"], device, segments=b if st["packed"] else 1)
+    acts: Activations = activations(arch, layout, rows, row_length, device, run)
     logits = logits_fn(batch=b, length=length)
-    transient = block_transient(arch, rows, row_length, device)
+    transient = block_transient(arch, rows, row_length, device, step_numerics(layout, run))
     fixed = st["runtime_overhead"] + st["checkpoint_mapped"] + st["weights"] + st["optimizer"]
     after = st["gradients"] + st["optimizer_step_scratch"]
     comp = {
@@ -338,16 +310,20 @@ def _make(
         "total": fixed + max(acts.saved + logits, acts.inside_blocks, after),
         "total_checkpointed": fixed + max(acts.saved_checkpointed + max(logits, transient), after),
     }
-    return StrategyPlan(name, b, length, device, st["trainable"], st["logical_params"], comp)
+    plan = StrategyPlan(name, b, length, device, st["trainable"], st["logical_params"], comp)
+    plan.precision = st["precision"].precision
+    return plan
 
 
 def from_recipe(
     recipe: Recipe, strategies: Sequence[str | type[Strategy]] | None, device: Device
 ) -> list[StrategyPlan]:
-    """Plan a resolved recipe: its model, task, batch size, max_length and checkpointing.
+    """Plan a resolved recipe: its model, task, batch size, max_length, precision, base dtype
+    and checkpointing.
 
     `strategies` (names or classes, as for `plan`) defaults to the recipe's own; the recipe's
-    strategy options apply to it.
+    strategy options apply to it. `train.precision` and `model.dtype` are resolved as the
+    trainer resolves them (`recipe_precision`).
     """
     from adapterkit import options as opts
 
@@ -363,6 +339,7 @@ def from_recipe(
         int(getattr(t_opts, "max_length", 512)),
         device,
         task_options=t_opts,
+        precision=recipe_precision(recipe, device),
     )
     checkpointing = recipe.train.gradient_checkpointing  # True, False, or "auto" (decided later)
     for p in plans:  # which peak is "the" plan: the recipe's checkpointing setting, when it has one
@@ -370,4 +347,31 @@ def from_recipe(
     return plans
 
 
-__all__ = ["StrategyPlan", "from_recipe", "plan"]
+def recipe_precision(recipe: Recipe, device: Device) -> Precision:
+    """The precision and base dtype a training run of `recipe` on `device` would use.
+
+    On this machine's own device, exactly the trainer's resolution (`train.resolve.settings`:
+    `precision: auto` for this hardware, `model.dtype: auto` following it). Planning a device
+    this machine does not have, `auto` is what it means there: bf16 on a CUDA GPU (those without
+    it take fp16), and on a CPU bf16 where this CPU has AVX-512 BF16 or AMX
+    (`ADAPTERKIT_AUTO_PRECISION` overrides both, as it does for the trainer).
+    """
+    import os
+
+    import torch
+
+    from adapterkit.build import base_dtype
+    from adapterkit.train import precision as prec
+    from adapterkit.train import resolve
+
+    if (device == "cuda") == torch.cuda.is_available():
+        cfg, model = resolve.settings(recipe)
+        return Precision(cfg.precision, model.dtype)
+    requested = recipe.train.precision
+    if requested == "auto":
+        cpu = "bf16" if prec.cpu_has_bf16(prec.cpu_flags()) else "fp32"
+        requested = os.environ.get(prec.AUTO_ENV) or ("bf16" if device == "cuda" else cpu)
+    return Precision(requested, base_dtype(recipe.model.dtype, requested))
+
+
+__all__ = ["Precision", "StrategyPlan", "from_recipe", "plan", "recipe_precision"]

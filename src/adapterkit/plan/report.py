@@ -16,6 +16,7 @@ def format_table(plans: list[StrategyPlan], budget: int | None = None) -> str:
     """A Markdown table: one row per strategy; with a budget, whether it fits and the max batch."""
     cols = [
         "strategy",
+        "precision",
         "trainable",
         "weights",
         "grads",
@@ -34,7 +35,7 @@ def format_table(plans: list[StrategyPlan], budget: int | None = None) -> str:
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for p in plans:
         c = p.components
-        row = [p.strategy, f"{p.trainable_params:,}"] + [
+        row = [p.strategy, p.precision, f"{p.trainable_params:,}"] + [
             human_bytes(c[k])
             for k in (
                 "weights",

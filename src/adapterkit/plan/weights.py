@@ -77,11 +77,12 @@ def base_model(model: nn.Module) -> PreTrainedModel:
     return cast("PreTrainedModel", unwrap() if unwrap is not None else model)
 
 
-def trainable_tensors(model: nn.Module) -> list[tuple[str, int]]:
-    """(name, numel) of each trainable tensor, each storage once, as the trainer's AdamW sees it."""
+def trainable_tensors(model: nn.Module) -> list[tuple[str, int, int]]:
+    """(name, numel, bytes an element) of each trainable tensor, each storage once, as the
+    trainer's AdamW sees it."""
     from adapterkit.strategy import trainable_named_parameters
 
-    return [(n, p.numel()) for n, p in trainable_named_parameters(model)]
+    return [(n, p.numel(), p.element_size()) for n, p in trainable_named_parameters(model)]
 
 
 def nf4_bytes(numel: int) -> dict[str, int]:
@@ -156,9 +157,7 @@ def weight_bytes(model: nn.Module, quantized: bool, head: tuple[str, ...]) -> di
             for k, v in nf4_bytes(p.numel()).items():
                 detail[k] = detail.get(k, 0) + v
         else:
-            key = "kept fp32 (head, norms, embeddings, biases, adapters)" if quantized else "fp32"
-            if p.dtype.itemsize != 4:
-                key = f"kept {p.dtype}".replace("torch.", "")
+            key = _dtype_key(p.dtype, quantized)
             detail[key] = detail.get(key, 0) + p.numel() * p.dtype.itemsize
     return {
         "total": sum(detail.values()),
@@ -166,3 +165,13 @@ def weight_bytes(model: nn.Module, quantized: bool, head: tuple[str, ...]) -> di
         "logical_params": total_params,
         "quantized_source_bytes": source,
     }
+
+
+def _dtype_key(dtype: Any, quantized: bool) -> str:
+    """The weights_detail key of an unquantized parameter: its dtype (fp32, bf16, fp16)."""
+    name = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}.get(
+        str(dtype).removeprefix("torch."), str(dtype).removeprefix("torch.")
+    )
+    if quantized and name == "fp32":
+        return "kept fp32 (head, norms, embeddings, biases, adapters)"
+    return f"kept {name}" if quantized else name

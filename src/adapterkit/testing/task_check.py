@@ -146,7 +146,7 @@ def _check_evaluate(
 ) -> None:
     import torch
 
-    from adapterkit.task import collate_all
+    from adapterkit.task import collate_all, selection
 
     by_two = collate_all(task, examples, tok, t_opts, 2)
     with check.step("evaluate"), torch.no_grad():
@@ -154,7 +154,7 @@ def _check_evaluate(
         at_once = task.evaluate(model, collate_all(task, examples, tok, t_opts, 64), t_opts)
         mean = sum(float(task.loss(model, b)) for b in by_two) / sum(map(task.targets, by_two))
         json.dumps(metrics)
-    want = (type(task).selection_metric, "eval_loss")
+    want = (selection(task, t_opts)[0], "eval_loss")
     bad = [k for k in want if not isinstance(metrics.get(k), (int, float))]
     if bad or not all(math.isfinite(metrics[k]) for k in want):
         check.fail("evaluate", f"must return finite numbers for {want}; got {metrics!r}")

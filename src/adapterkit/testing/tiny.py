@@ -162,3 +162,82 @@ def save_tiny_bert_dir(path: Path, seed: int = 0) -> Path:
     tiny_bert(seed=seed).save_pretrained(path)
     tiny_bert_tokenizer().save_pretrained(path)
     return Path(path)
+
+
+# ---- a tiny T5 (encoder-decoder) ------------------------------------------------------------------
+
+# A few German words, so a tiny English-to-German mapping can be learnt word for word.
+_T5_GERMAN = (
+    "der die das ein eine ist sind und katze hund sonne mond rot blau grün groß klein glücklich "
+    "traurig eins zwei drei vier fünf"
+).split()
+T5_SENTINELS = tuple(f"<extra_id_{i}>" for i in range(10))
+"""The tiny T5 tokenizer's sentinel tokens (span corruption), special like T5's own."""
+
+
+def tiny_t5_tokenizer() -> Any:
+    """A word-level fast tokenizer with T5's conventions: <pad> = 0, </s> = 1 ended to every text,
+    <unk> = 2, sentinel tokens <extra_id_0..9> last; English and a few German words (< 128)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(["<pad>", "</s>", "<unk>"])}
+    for w in [*_WORDS, ".", ",", "?", "!", ":", *_T5_GERMAN, *T5_SENTINELS]:
+        vocab.setdefault(w, len(vocab))
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    core.post_processor = processors.TemplateProcessing(
+        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        pad_token="<pad>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        additional_special_tokens=list(T5_SENTINELS),
+    )
+
+
+def tiny_t5_config(vocab_size: int = 128, layers: int = 2, gated: bool = False) -> Any:
+    """T5 with hidden size 32, 4 heads of 8, `layers` encoder and decoder blocks (ReLU MLP as
+    T5 v1.0, or gated-GELU as T5 v1.1 and mT5)."""
+    from transformers import T5Config
+
+    config = T5Config(
+        vocab_size=vocab_size,
+        d_model=32,
+        d_kv=8,
+        d_ff=64,
+        num_layers=layers,
+        num_decoder_layers=layers,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        relative_attention_max_distance=32,
+        feed_forward_proj="gated-gelu" if gated else "relu",
+        pad_token_id=0,
+        eos_token_id=1,
+    )
+    config.decoder_start_token_id = 0  # T5 starts the decoder with its pad token
+    return config
+
+
+def tiny_t5(tied: bool = True, seed: int = 0, layers: int = 2) -> Any:
+    """A random T5ForConditionalGeneration. `tied=False`: T5 v1.1's layout, an LM head of its own
+    (config `tie_word_embeddings: false`, gated-GELU MLP), as a v1.1 checkpoint stores it."""
+    import torch
+    from transformers import T5ForConditionalGeneration
+
+    torch.manual_seed(seed)
+    model = T5ForConditionalGeneration(tiny_t5_config(layers=layers, gated=not tied))
+    if not tied:
+        head = model.lm_head
+        head.weight = torch.nn.Parameter(torch.randn_like(model.shared.weight) * 0.05)
+        model.config.tie_word_embeddings = False
+    return model.eval()
+
+
+def save_tiny_t5_dir(path: Path, tied: bool = True, seed: int = 0) -> Path:
+    """Write a tiny T5 plus `tiny_t5_tokenizer()` as a local HF directory (safetensors)."""
+    tiny_t5(tied=tied, seed=seed).save_pretrained(path)
+    tiny_t5_tokenizer().save_pretrained(path)
+    return Path(path)

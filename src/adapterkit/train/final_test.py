@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from adapterkit.task import collate_all
+from adapterkit.task import collate_all, generated_metrics
 from adapterkit.train import precision
 
 if TYPE_CHECKING:
@@ -28,6 +28,7 @@ def _score(
     model.eval()
     with torch.no_grad():
         metrics = task.evaluate(model, collate_all(task, examples, tokenizer, options, 16), options)
+        metrics = {**metrics, **generated_metrics(task, model, tokenizer, examples, options)}
     model.train(was_training)
     return metrics
 

@@ -36,10 +36,13 @@ class TrainData:
     eval: list[dict[str, Any]] | None
     tokenizer: Any
 
-    def batch(self, indices: list[int]) -> dict[str, Tensor]:
-        """The training examples at `indices` as one batch (on the CPU)."""
+    def batch(self, indices: list[int], seed: int = 0, epoch: int = 0) -> dict[str, Tensor]:
+        """The training examples at `indices` as one batch (on the CPU), for epoch `epoch` of a
+        run seeded `seed` (`Task.collate_train`; most tasks ignore both)."""
+        from adapterkit.task import collate_train
+
         examples = [self.train[j] for j in indices]
-        return self.task.collate(examples, self.tokenizer, self.task_options)
+        return collate_train(self.task, examples, self.tokenizer, self.task_options, seed, epoch)
 
     def eval_batches(self, size: int) -> list[dict[str, Tensor]]:
         """Every eval example, in order, in batches of at most `size` (none without eval data)."""

@@ -26,6 +26,7 @@ from adapterkit.errors import DataError, TrainingError, TrainingInterrupted
 from adapterkit.storage import faults
 from adapterkit.storage.checkpoints import save_checkpoint, set_rng_state
 from adapterkit.strategy import trainable_named_parameters
+from adapterkit.task import generated_metrics, selection
 from adapterkit.train import measure, optim, stops
 from adapterkit.train.config import TrainConfig
 from adapterkit.train.inputs import (
@@ -148,11 +149,12 @@ class Trainer:
         self.state = LoopState() if checkpoint is None else LoopState.from_json(checkpoint["state"])
         resume_step = None if checkpoint is None else self.state.step
         self.log = RunLog(self.out_dir / "log.jsonl", resume_step)
+        metric, higher_is_better = selection(task, self.data.task_options)
         self.best = BestAdapter(
             self.out_dir / "best",
             self.adapter.save,
-            task.selection_metric,
-            task.higher_is_better,
+            metric,
+            higher_is_better,
             self.cfg.patience,
             record=self.state.best,
         )
@@ -200,7 +202,8 @@ class Trainer:
         step, kept = self.state.step + 1, self._last_good
         where = f"step {step} on {self.device}"
         with stops.OutOfMemoryStop(where, kept, self.oom_advice, self._drop_gradients):
-            batches = [self._to_device(self.data.batch(idx)) for idx in window.batches]
+            seed, epoch = self.cfg.seed, window.epoch
+            batches = [self._to_device(self.data.batch(i, seed, epoch)) for i in window.batches]
             backward = self.accelerator.backward
             autocast = lambda: self.accelerator.autocast()  # noqa: E731
             loss, _ = accumulate_gradients(self.model, self.data.task, batches, backward, autocast)
@@ -258,9 +261,14 @@ class Trainer:
         import torch
 
         self.model.eval()
+        data = self.data
         with torch.no_grad(), self.accelerator.autocast():
             batches = [self._to_device(b) for b in self.eval_batches]
-            return self.data.task.evaluate(self.model, batches, self.data.task_options)
+            metrics = data.task.evaluate(self.model, batches, data.task_options)
+            gen = generated_metrics(
+                data.task, self.bare, data.tokenizer, data.eval or [], data.task_options
+            )
+            return {**metrics, **gen}
 
     def _initial_eval(self) -> None:
         """The "before" figure of a fresh run: the model as the strategy prepared it (a low-rank

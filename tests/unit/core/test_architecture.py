@@ -22,7 +22,7 @@ from adapterkit.plugins import BUILTINS, load_registry
 
 SRC = Path(__file__).resolve().parents[3] / "src" / "adapterkit"
 PLUGIN_PACKAGES = ("adapterkit_strategies", "adapterkit.tasks")
-WORDS_TOO_COMMON = {"full", "head"}  # ordinary words: only an exact string counts
+WORDS_TOO_COMMON = {"full", "head", "text"}  # ordinary words: only an exact string counts
 
 
 def _core_modules(*, kit: bool = True) -> list[Path]:

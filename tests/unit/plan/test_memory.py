@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import json
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from plan_cases import KINDS, STRATEGIES, model_parts
+from plan_cases import config as _config
+from plan_cases import loss as _loss
+from plan_cases import planned as _plan
+from plan_cases import real as _real
+from plan_cases import saved_activation_bytes as _saved_activation_bytes
+from plan_cases import task_name as _task
 
 from adapterkit import testing
 from adapterkit.plan.activations import block_transient
@@ -17,108 +23,6 @@ from adapterkit.plan.arch import arch_from_config
 from adapterkit.plan.memory import CPU_RUNTIME_BYTES, plan
 from adapterkit.plugins import load_registry
 from adapterkit.strategy import count_parameters, trainable_named_parameters
-from adapterkit.tasks._loss import summed_cross_entropy
-
-STRATEGIES = [("full", {}), ("head", {}), ("last_n", {"n": 1}), ("lora", {}), ("lora", {"r": 4})]
-KINDS = ["llama", "bert"]
-
-
-def model_parts(model: Any, task_name: str) -> Any:
-    """The head as the registered task finds it (`Task.model_parts`), for `model`'s config."""
-    from adapterkit.storage.sources import ModelSource
-
-    with tempfile.TemporaryDirectory() as tmp:
-        model.config.save_pretrained(tmp)
-        task = load_registry().task(task_name)
-        return task.model_parts(ModelSource("test", Path(tmp), None), type(task).Options())
-
-
-def _config(kind: str) -> Any:
-    return testing.tiny_llama_config() if kind == "llama" else testing.tiny_bert_config()
-
-
-def _task(kind: str) -> str:
-    return {"llama": "causal_lm", "bert": "sequence_classification"}.get(
-        kind, "token_classification"
-    )
-
-
-def _real(kind: str, strategy: str | None = None, options: dict | None = None) -> Any:
-    """A real tiny model of the task's class, the strategy applied as in training."""
-    import transformers
-
-    torch.manual_seed(0)
-    cls = getattr(
-        transformers,
-        {"llama": "LlamaForCausalLM", "bert": "BertForSequenceClassification"}.get(
-            kind, "BertForTokenClassification"
-        ),
-    )
-    model = cls(_config(kind))
-    if strategy is not None:
-        s = load_registry().strategy(strategy)
-        model = s.apply(model, s.Options(**(options or {})), model_parts(model, _task(kind)))
-    return model.train()
-
-
-def _loss(
-    kind: str, model: Any, b: int, length: int, pad: bool, device: str = "cpu"
-) -> torch.Tensor:
-    """The task's training loss on a random batch (row 0 padded to half its length if `pad`)."""
-    g = torch.Generator().manual_seed(1)
-    ids = torch.randint(5, 100, (b, length), generator=g).to(device)
-    mask = torch.ones_like(ids)
-    if pad:
-        mask[0, length // 2 :] = 0
-    if kind == "llama":
-        out = model(input_ids=ids, attention_mask=mask, use_cache=False)
-        return summed_cross_entropy(out.logits[:, :-1, :].float(), ids[:, 1:])
-    out = model(input_ids=ids, attention_mask=mask, token_type_ids=torch.zeros_like(ids))
-    labels = ids[:, 0] % 2 if kind == "bert" else ids % 2
-    return summed_cross_entropy(out.logits.float(), labels)
-
-
-def _saved_activation_bytes(loss: torch.Tensor, model: Any) -> int:
-    """Bytes of every tensor autograd saved for backward, each storage once, parameters excluded;
-    the loss's own (log-softmax output, targets) are left out: they belong to logits_and_loss."""
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    storages: dict[int, int] = {}
-    stack, visited = [loss.grad_fn], set()
-    while stack:
-        node = stack.pop()
-        if node is None or node in visited:
-            continue
-        visited.add(node)
-        stack += [f for f, _ in node.next_functions]
-        if node.name() in ("NllLossBackward0", "LogSoftmaxBackward0"):
-            continue
-        for attr in dir(node):
-            if not attr.startswith("_saved_"):
-                continue
-            value = getattr(node, attr)
-            for t in value if isinstance(value, (tuple, list)) else [value]:
-                if isinstance(t, torch.Tensor):
-                    key = t.untyped_storage().data_ptr()
-                    if key not in params:
-                        storages[key] = t.untyped_storage().nbytes()
-    return sum(storages.values())
-
-
-def _plan(
-    kind: str,
-    strategy: str,
-    options: dict | None = None,
-    b: int = 2,
-    length: int = 8,
-    device: str = "cpu",
-    packing: bool = True,
-) -> Any:
-    task = load_registry().task(_task(kind))
-    t_opts = type(task).Options(packing=packing) if kind == "llama" else None
-    return plan(
-        _config(kind), _task(kind), [strategy], {strategy: options or {}}, b, length, device,
-        task_options=t_opts,
-    )[0]  # fmt: skip
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -168,18 +72,45 @@ def test_gradients_and_adamw_state_match_a_real_step(
     assert p.components["optimizer"] == state
 
 
-@pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize(
-    ("strategy", "options"), [*STRATEGIES, ("lora", {"dropout": 0.0}), ("last_n", {"n": 2})]
-)
-@pytest.mark.parametrize(("b", "length", "pad"), [(1, 12, False), (3, 10, True)])
+def _activation_cases() -> list[tuple]:
+    """(precision, kind, strategy, options, b, length, batch): float32 over every strategy, bf16
+    over those that differ in what autocast keeps; packed rows on the causal LM."""
+    out = []
+    every = [*STRATEGIES, ("lora", {"dropout": 0.0}), ("last_n", {"n": 2})]
+    half = [
+        ("full", {}),
+        ("head", {}),
+        ("last_n", {"n": 1}),
+        ("lora", {}),
+        ("lora", {"dropout": 0.0}),
+    ]
+    for precision, strategies in (("fp32", every), ("bf16", half)):
+        for kind in KINDS:
+            for s, o in strategies:
+                out += [
+                    (precision, kind, s, o, 1, 12, "one row"),
+                    (precision, kind, s, o, 3, 10, "padded"),
+                ]
+    for precision in ("fp32", "bf16"):
+        for s, o in [("full", {}), ("lora", {}), ("lora", {"dropout": 0.0})]:
+            out.append((precision, "llama", s, o, 3, 10, "packed"))
+    return out
+
+
+@pytest.mark.parametrize(("precision", "kind", "strategy", "options", "b", "length", "batch"),
+                         _activation_cases())  # fmt: skip
 def test_activations_equal_the_tensors_autograd_saves(
-    kind: str, strategy: str, options: dict, b: int, length: int, pad: bool
+    kind: str, strategy: str, options: dict, b: int, length: int, batch: str, precision: str
 ) -> None:
-    model = _real(kind, strategy, options)
-    measured = _saved_activation_bytes(_loss(kind, model, b, length, pad), model)
-    # A padded batch is what the causal LM task gives with packing off (packed: one row, no mask).
-    planned = _plan(kind, strategy, options, b, length, packing=not pad)
+    # bf16 as the trainer runs it: the base stored in bf16, float32 trained weights, autocast.
+    # A padded batch is what the causal LM task gives with packing off; packed: the rows as one
+    # sequence with restarting positions, attention within each row (the task's default).
+    packed = batch == "packed"
+    model = _real(kind, strategy, options, precision, packed=packed)
+    loss = _loss(kind, model, b, length, batch == "padded", precision=precision, packed=packed)
+    measured = _saved_activation_bytes(loss, model)
+    planned = _plan(kind, strategy, options, b, length, packing=batch != "padded",
+                    precision=precision)  # fmt: skip
     assert planned.components["activations"] == measured
 
 

@@ -5,10 +5,16 @@ Data: JSONL, one example a line, either
     {"instruction": "...", "input": "... (optional)", "output": "..."}
     {"messages": [{"role": "system"|"user"|"assistant", "content": "..."}, ...]}  # last: assistant
 
-Each row is rendered with the tokenizer's chat template, exactly as `generate` renders a prompt.
+A row may add "references": [...] (what generation metrics score the reply against; default: the
+output). Each row is rendered with the tokenizer's chat template, exactly as `generate` renders a
+prompt.
 Only the final assistant turn's content and its end-of-turn token are trained on; the system
 prompt, the user turn, the assistant header and anything the template adds after the end-of-turn
 token (ChatML's trailing newline) are masked with -100.
+
+Metrics: `eval_loss` and perplexity over the whole eval set; with `metrics` (bleu, chrf, rouge,
+exact_match, f1), also those of the replies generated for the first `max_eval_generate` eval rows
+(`generation`, `adapterkit.tasks._text_metrics`). `predict` writes the reply to each row.
 
 Torch and transformers are imported lazily so that listing tasks stays instant.
 """
@@ -17,9 +23,9 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, cast
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, cast
 
 from pydantic import Field
 
@@ -27,7 +33,7 @@ from adapterkit.errors import ModelError
 from adapterkit.strategy import ModelParts
 from adapterkit.tasks import _batching, _io, _models
 from adapterkit.tasks._loss import IGNORE, count_targets, summed_cross_entropy
-from adapterkit.tasks.causal_lm import chat, head_loss, packing
+from adapterkit.tasks.causal_lm import chat, generation, head_loss, packing
 from adapterkit.tasks.causal_lm.chat import end_of_turn_ids
 
 if TYPE_CHECKING:
@@ -63,12 +69,39 @@ class Options:
             )
         ),
     ] = True
+    metrics: Annotated[
+        list[Literal["bleu", "chrf", "rouge", "exact_match", "f1"]],
+        Field(
+            description=(
+                "Metrics of replies generated for the eval rows, besides eval_loss: bleu and chrf "
+                "(sacreBLEU, with its signature), rouge (ROUGE-1/2/L F, rouge-score, stemmed), "
+                "exact_match and f1 (SQuAD v1.1); all 0-100. Empty: no generation at eval."
+            )
+        ),
+    ] = field(default_factory=list)
+    max_eval_generate: Annotated[
+        int,
+        Field(ge=0, description="Eval rows generated for `metrics` (the first N), to bound time."),
+    ] = 64
+    max_new_tokens: Annotated[
+        int, Field(ge=1, description="Most tokens generated per reply for `metrics` and predict.")
+    ] = 128
+    num_beams: Annotated[
+        int, Field(ge=1, description="Beam search width for generated replies; 1: greedy.")
+    ] = 1
+    generate_batch_size: Annotated[
+        int, Field(ge=1, description="Prompts generated at once (left-padded) for `metrics`.")
+    ] = 16
 
 
 class Encoded(list):
     """The list `encode` returns; `.dropped` counts rows left with no response token to train."""
 
     dropped: int = 0
+
+
+def _references(row: dict[str, Any], messages: chat.Messages) -> list[str]:
+    return list(row.get("references") or [messages[-1]["content"]])
 
 
 def _response_example(full: list[int], prompt: list[int], eot: set[int], eos: Any) -> dict:
@@ -111,7 +144,13 @@ class CausalLM:
         return self.model_parts_of(self.meta_model(_models.config_of(source), options))
 
     def logits_bytes(
-        self, batch: int, length: int, config: PretrainedConfig, options: Options
+        self,
+        batch: int,
+        length: int,
+        config: PretrainedConfig,
+        options: Options,
+        hidden_bytes: int = 4,
+        head_bytes: int = 4,
     ) -> int:
         """What the chunked target-only loss (`head_loss`) holds at its largest, in bytes.
 
@@ -120,13 +159,17 @@ class CausalLM:
         (int64) for backward; in backward their gradient [N, H] exists beside one chunk's float32
         logits and their softmax (the gradient is made in place in it), [C, V] each with C =
         min(chunk_rows(V), N); forward's peak (a chunk's logits and logsumexp's temporary) is no larger.
-        Hidden states are counted as float32. No [B, L, V] tensor ever exists. A head stored in
-        bf16 adds its own float32 copy (V x H x 4) while the loss runs; that is not counted here.
+        No [B, L, V] tensor ever exists. `hidden_bytes`: bytes of an element of the final hidden
+        states (2 under bf16 autocast behind a frozen bf16 final norm), the dtype of the gathered
+        states and of their gradient. `head_bytes`: of the head's weight; the loss computes in
+        float32, so a half head is copied to float32 (V x H x 4) while the loss runs, forward and
+        backward. The planner passes both (adapterkit.plan.memory).
         """
         rows = batch * max(length - 1, 0)
         vocab, hidden = int(config.vocab_size), int(config.hidden_size)
         chunk = min(head_loss.chunk_rows(vocab), rows)
-        return (2 * chunk * vocab + 2 * rows * hidden) * 4 + rows * 8
+        head_copy = vocab * hidden * 4 if head_bytes != 4 else 0
+        return 2 * chunk * vocab * 4 + 2 * rows * hidden * hidden_bytes + rows * 8 + head_copy
 
     def packs(self, options: Options) -> bool:
         """With `packing`, a step's rows are one sequence (no padding, attention within each row)."""
@@ -145,12 +188,17 @@ class CausalLM:
     # ---- data -----------------------------------------------------------------------------------
 
     def read(self, path: Path, options: Options) -> list[dict[str, Any]]:
-        """Rows as chat messages: [{"messages": [...]}, ...]; errors name the file and line."""
+        """Rows as chat messages: [{"messages": [...], "line"[, "references"]}, ...]; errors
+        name the file and line."""
         path = Path(path)
-        return [
-            {"messages": chat.row_messages(row, path, lineno)}
-            for lineno, row in _io.read_jsonl(path)
-        ]
+        rows = []
+        for lineno, row in _io.read_jsonl(path):
+            item = {"messages": chat.row_messages(row, path, lineno), "line": lineno}
+            refs = chat.row_references(row, path, lineno)
+            if refs is not None:
+                item["references"] = refs
+            rows.append(item)
+        return rows
 
     def _messages(self, row: dict[str, Any], options: Options, index: int = 0) -> chat.Messages:
         # Rows from `read` are already messages; rows built in Python are checked here.
@@ -176,6 +224,8 @@ class CausalLM:
             if all(x == IGNORE for x in ex["labels"]):
                 out.dropped += 1
                 continue
+            if options.metrics:  # what the generated reply is scored against
+                ex["references"] = _references(row, self._messages(row, options, i))
             out.append(ex)
         if out.dropped:
             log.warning(
@@ -232,6 +282,13 @@ class CausalLM:
             "eval_tokens": count,
         }
 
+    def generated_metrics(
+        self, model: nn.Module, tokenizer: Any, examples: list[dict], options: Options
+    ) -> dict[str, Any]:
+        """`metrics` of the greedy (or beam) replies to the first `max_eval_generate` examples,
+        against their references; `generated_rows` says how many. {} without `metrics`."""
+        return generation.generated_metrics(model, tokenizer, examples, options)
+
     def manifest(self, options: Options, tokenizer: Any) -> dict[str, Any]:
         return {
             "prompt_format": "chat_template",
@@ -266,3 +323,26 @@ class CausalLM:
                 pad_token_id=tokenizer.pad_token_id,
             )
         return tokenizer.decode(out[0, len(ids) :], skip_special_tokens=True).strip()
+
+    def predict(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        rows: list[dict[str, Any]],
+        options: Options,
+        batch_size: int = 16,
+    ) -> list[dict[str, Any]]:
+        """Per row: {"line", "prompt" (the last user turn), "prediction" (the generated reply,
+        `max_new_tokens`, `num_beams`), "references"}; batched and left-padded like eval."""
+        msgs = [self._messages(row, options, i) for i, row in enumerate(rows)]
+        prompts = [self._render(tokenizer, m[:-1], prompt=True) for m in msgs]
+        texts = generation.replies(model, tokenizer, prompts, options, batch_size)
+        return [
+            {
+                "line": row.get("line"),
+                "prompt": next(t["content"] for t in reversed(m[:-1]) if t["role"] == "user"),
+                "prediction": text,
+                "references": _references(row, m),
+            }
+            for row, m, text in zip(rows, msgs, texts, strict=True)
+        ]

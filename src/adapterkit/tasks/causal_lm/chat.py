@@ -1,7 +1,9 @@
 """Chat rows and the chat template: validating a row into messages, rendering it into token ids.
 
 A row is `{"instruction", "input" (optional), "output"}` or `{"messages": [...]}` whose last turn
-is the assistant's. Rendering uses the tokenizer's own chat template, exactly as generation does.
+is the assistant's; either may add `"references"` (a list of strings the generation metrics score
+the reply against; default: the response itself). Rendering uses the tokenizer's own chat
+template, exactly as generation does.
 """
 
 from __future__ import annotations
@@ -83,6 +85,19 @@ def row_messages(row: dict, path: Path, lineno: int) -> Messages:
     output = _check_text(row, "output", path, lineno)
     user = instruction + ("\n\n" + extra if extra.strip() else "")
     return [{"role": "user", "content": user}, {"role": "assistant", "content": output}]
+
+
+def row_references(row: dict, path: Path, lineno: int) -> list[str] | None:
+    """The row's optional "references" (what generation metrics score against; default: the
+    response): a non-empty list of strings, or None when the row has none."""
+    refs = row.get("references")
+    if refs is None:
+        return None
+    if isinstance(refs, str):
+        refs = [refs]
+    if not isinstance(refs, list) or not refs or not all(isinstance(r, str) for r in refs):
+        raise line_error(path, lineno, '"references" must be a non-empty list of strings')
+    return list(refs)
 
 
 def chat_text(tokenizer: Any, messages: Messages, prompt: bool) -> str:

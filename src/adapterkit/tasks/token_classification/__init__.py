@@ -7,8 +7,10 @@ Data: CoNLL-style column files (`conll`), for example (CoNLL-2003):
     EU NNP B-NP B-ORG
     rejects VBZ B-VP O
 
-A word's tag is trained on, and predicted from, its first sub-token (`words`); metrics are entity
-precision/recall/F1 (seqeval) and word-level tag `accuracy`.
+and Universal Dependencies CoNLL-U files (`conllu`: `.conllu`, fields by name, FORM and UPOS).
+A word's tag is trained on, and predicted from, its first sub-token (`words`); the metric is
+entity precision/recall/F1 (seqeval) with word-level tag `accuracy`, or word accuracy alone for
+tags that mark no spans, such as part-of-speech (`scoring`, `task.options.metric`).
 
 Torch, transformers and seqeval are imported lazily so that listing tasks stays instant.
 """
@@ -18,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 from pydantic import Field
 
@@ -26,7 +28,9 @@ from adapterkit.errors import DataError, ModelError
 from adapterkit.tasks import _batching, _labelled, _models
 from adapterkit.tasks._labelled import LabelSet
 from adapterkit.tasks._loss import IGNORE, count_targets, summed_cross_entropy
+from adapterkit.tasks.token_classification import scoring
 from adapterkit.tasks.token_classification.conll import DOCSTART, read_conll
+from adapterkit.tasks.token_classification.conllu import is_field_name, read_conllu
 from adapterkit.tasks.token_classification.words import (
     OUTSIDE,
     first_subtoken_labels,
@@ -55,6 +59,7 @@ __all__ = [
     "TokenClassification",
     "first_subtokens",
     "read_conll",
+    "read_conllu",
     "tag_metrics",
     "word_tags",
 ]
@@ -67,11 +72,33 @@ _WHAT = "token classifier"
 @dataclass
 class Options:
     token_column: Annotated[
-        int, Field(description="Column holding the word (0 = first; negative counts from the end).")
+        int | str,
+        Field(
+            description="Column holding the word (0 = first; negative counts from the end); in a "
+            "CoNLL-U file the field name FORM (or LEMMA)."
+        ),
     ] = 0
     tag_column: Annotated[
-        int, Field(description="Column holding the tag (-1 = last); a one-column file has no tags.")
+        int | str,
+        Field(
+            description="Column holding the tag (-1 = last; a one-column file has no tags); in a "
+            "CoNLL-U file the field name UPOS or XPOS (or FEATS, DEPREL)."
+        ),
     ] = -1
+    format: Annotated[
+        Literal["auto", "conll", "conllu"],
+        Field(
+            description="conll: whitespace-separated columns; conllu: Universal Dependencies "
+            "CoNLL-U. auto: conllu for a .conllu file or when the columns are CoNLL-U field names."
+        ),
+    ] = "auto"
+    metric: Annotated[
+        scoring.Metric,
+        Field(
+            description="entity_f1 (seqeval; selects by f1) or token_accuracy (word accuracy, for "
+            "POS; selects by accuracy). auto: entity_f1 when the tags are B-/I-/... and O."
+        ),
+    ] = "auto"
     max_length: Annotated[
         int,
         Field(ge=8, description="Sub-tokens per sentence; words past it are predicted 'O'."),
@@ -85,8 +112,20 @@ class Options:
     ] = None
     separator: Annotated[
         str | None,
-        Field(min_length=1, description="Column separator; None = any run of whitespace."),
+        Field(
+            min_length=1,
+            description="Column separator of a conll file; None = any run of whitespace.",
+        ),
     ] = None
+
+
+def format_of(path: Path, options: Options) -> str:
+    """The file format: `options.format`, or for auto conllu when the file ends in .conllu or
+    either column is a CoNLL-U field name, else conll."""
+    if options.format != "auto":
+        return options.format
+    named = is_field_name(options.token_column) or is_field_name(options.tag_column)
+    return "conllu" if named or str(path).lower().endswith(".conllu") else "conll"
 
 
 class Encoded(list):
@@ -109,9 +148,10 @@ class TokenClassification:
     name: ClassVar[str] = "token_classification"
     Options: ClassVar[type] = Options
     description: ClassVar[str] = (
-        "Sequence labelling (NER, POS) of CoNLL column files with an encoder or decoder; "
-        "entity F1 (seqeval) and tag accuracy. The embedded minilm-l6 is uncased, so it cannot "
-        "see capitalisation, which costs NER accuracy; prefer a cased encoder for NER."
+        "Sequence labelling (NER, POS) of CoNLL column files and UD CoNLL-U files with an "
+        "encoder or decoder; entity F1 (seqeval) or word accuracy (task.options.metric). The "
+        "embedded minilm-l6 is uncased, so it cannot see capitalisation, which costs NER "
+        "accuracy; prefer a cased encoder for NER."
     )
     selection_metric: ClassVar[str] = "f1"
     higher_is_better: ClassVar[bool] = True
@@ -150,16 +190,23 @@ class TokenClassification:
     # ---- data -----------------------------------------------------------------------------------
 
     def read(self, path: Path, options: Options) -> list[dict[str, Any]]:
-        """Sentences: {"words", "tags" (None for a one-column file), "line", "where"}."""
+        """Sentences: {"words", "tags" (None for an untagged file), "line", "where"}.
+
+        CoNLL-U rows also hold their `sent_id` (None without that comment).
+        """
+        if format_of(path, options) == "conllu":
+            return read_conllu(path, options)
         return read_conll(path, options)
 
     def setup(self, rows: list[dict[str, Any]], options: Options) -> Options:
-        """Fill in `labels` from the training tags: "O" first, then the rest sorted."""
+        """Fill in `labels` from the training tags ("O" first, then the rest sorted) and settle
+        `metric: auto` by them."""
         for row in rows:
             if row.get("tags") is None:
                 raise DataError(
                     f"{row.get('where', 'rows')}: training data needs a tag column; this file "
-                    "has a single column (check task.options.token_column and tag_column)"
+                    "has none (a single column, or '_' for every tag of a CoNLL-U file; check "
+                    "task.options.token_column and tag_column)"
                 )
         if options.labels is not None:
             labels = LabelSet.given(options.labels, noun="tag", among="in")
@@ -167,7 +214,10 @@ class TokenClassification:
         else:
             seen = (tag for row in rows for tag in row["tags"])
             labels = LabelSet.infer(seen, first=OUTSIDE)
-        return dataclasses.replace(options, labels=list(labels.names))
+        names = list(labels.names)
+        return dataclasses.replace(
+            options, labels=names, metric=scoring.chosen(options.metric, names)
+        )
 
     def encode(self, rows: list[dict[str, Any]], tokenizer: Any, options: Options) -> Encoded:
         """Tokenize sentences; the tag goes on each word's first sub-token, -100 elsewhere."""
@@ -243,10 +293,15 @@ class TokenClassification:
         """Summed cross entropy over the labelled first sub-tokens, in float32."""
         return summed_cross_entropy(self._logits(model, batch), batch["labels"])
 
+    def selection(self, options: Options) -> tuple[str, bool]:
+        """Selects by `f1` (metric entity_f1) or `accuracy` (token_accuracy); see `scoring`."""
+        return scoring.selection(options.metric, options.labels)
+
     def evaluate(
         self, model: nn.Module, batches: list[dict[str, torch.Tensor]], options: Options
     ) -> dict:
-        """eval_loss per labelled word; entity P/R/F1 and tag accuracy over every word."""
+        """eval_loss per labelled word; tag accuracy over every word, and entity P/R/F1 unless
+        the metric is token_accuracy."""
         labels = list(options.labels or [])
 
         def one(batch: dict[str, torch.Tensor]) -> tuple[float, int, list, list]:
@@ -265,9 +320,13 @@ class TokenClassification:
         total, count = sum(p[0] for p in parts), sum(p[1] for p in parts)
         pred = [row for p in parts for row in p[2]]
         gold = [row for p in parts for row in p[3]]
+        if scoring.chosen(options.metric, labels) == "token_accuracy":
+            scores = {"accuracy": scoring.token_accuracy(gold, pred)}
+        else:
+            scores = tag_metrics(gold, pred)
         return {
             "eval_loss": total / count if count else float("nan"),
-            **tag_metrics(gold, pred),
+            **scores,
             "eval_words": sum(len(g) for g in gold),
         }
 
@@ -288,7 +347,8 @@ class TokenClassification:
         options: Options,
         batch_size: int = 32,
     ) -> list[dict[str, Any]]:
-        """A predicted tag per word of each sentence: [{"words", "tags", "line"}, ...]."""
+        """A predicted tag per word of each sentence: [{"words", "tags", "line"}, ...], and the
+        `sent_id` of a CoNLL-U sentence."""
         examples = self._encode(rows, tokenizer, options, use_tags=False)
         labels = list(options.labels or [])
 
@@ -300,5 +360,6 @@ class TokenClassification:
         )
         return [
             {"words": list(row["words"]), "tags": t, "line": row.get("line")}
+            | ({"sent_id": row["sent_id"]} if "sent_id" in row else {})
             for row, t in zip(rows, tagged, strict=True)
         ]

@@ -1,9 +1,10 @@
 """Reading CoNLL-style column files: one token a line, a blank line between sentences.
 
 Columns are split on whitespace (or `separator`); `-DOCSTART-` lines are skipped. The token is
-column `token_column`, the tag column `tag_column`; both are resolved against the file's first
-token line, and every token line must have as many columns as that one. A file with a single
-column has no tags: it can be predicted, not trained or evaluated on.
+column `token_column`, the tag column `tag_column` (numbers: field names are for CoNLL-U files,
+see conllu.py); both are resolved against the file's first token line, and every token line must
+have as many columns as that one. A file with a single column has no tags: it can be predicted,
+not trained or evaluated on.
 """
 
 from __future__ import annotations
@@ -21,6 +22,20 @@ if TYPE_CHECKING:
 DOCSTART = "-DOCSTART-"
 
 TokenLines = list[tuple[int, list[str]]]  # (line number, fields) of one sentence's token lines
+
+
+def column_number(value: int | str, what: str, path: Path) -> int:
+    """`token_column`/`tag_column` as a column number; a name (a CoNLL-U field) is an error here."""
+    if isinstance(value, int):
+        return value
+    text = value.strip()
+    if text.lstrip("-").isdigit():
+        return int(text)
+    raise DataError(
+        f"{path}: task.options.{what}={value!r} is not a column number; a CoNLL-style column "
+        "file takes 0 = first, -1 = last (field names such as FORM and UPOS are for CoNLL-U "
+        "files: name the file .conllu or set task.options.format: conllu)"
+    )
 
 
 def _column(index: int, ncols: int, what: str, path: Path, lineno: int) -> int:
@@ -47,8 +62,10 @@ class _Layout:
     @classmethod
     def of(cls, path: Path, lineno: int, fields: list[str], options: Options) -> _Layout:
         ncols = len(fields)
-        token = _column(options.token_column, ncols, "token_column", path, lineno)
-        tag = _column(options.tag_column, ncols, "tag_column", path, lineno)
+        token_column = column_number(options.token_column, "token_column", path)
+        tag_column = column_number(options.tag_column, "tag_column", path)
+        token = _column(token_column, ncols, "token_column", path, lineno)
+        tag = _column(tag_column, ncols, "tag_column", path, lineno)
         return cls(ncols, lineno, token, tag)
 
     def check(self, path: Path, lineno: int, fields: list[str]) -> None:

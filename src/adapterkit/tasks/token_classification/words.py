@@ -4,8 +4,8 @@ Words are tokenized with `is_split_into_words=True`; a word's tag is trained on 
 sub-token only (-100 on the rest and on special tokens). Words cut off by `max_length` (or that
 tokenize to nothing) are predicted "O", so metrics always cover every word of the file. Entity
 precision/recall/F1 come from seqeval (default, conlleval-compatible mode), which reads IOB/IOB2
-tags (`B-PER`, `I-PER`, `O`); for tags with no entity scheme (POS) read `accuracy`, the word-level
-tag accuracy. Torch, transformers and seqeval are imported lazily.
+tags (`B-PER`, `I-PER`, `O`); tags with no entity scheme (POS) are scored by `accuracy`, the
+word-level tag accuracy, alone (`scoring`). Torch, transformers and seqeval are imported lazily.
 """
 
 from __future__ import annotations
