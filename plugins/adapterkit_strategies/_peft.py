@@ -92,7 +92,11 @@ def wrap_lora(model: nn.Module, options: LoraOptions, parts: ModelParts) -> nn.M
     """
     from peft import get_peft_model
 
-    return get_peft_model(model, lora_config(options, parts))
+    from ._fused_lora import install
+
+    wrapped = get_peft_model(model, lora_config(options, parts))
+    install(wrapped)  # training steps take one fused Function per LoRA linear (see its module)
+    return wrapped
 
 
 def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -93,6 +93,8 @@ def _lora(saved: Saved, prefix: str, x: Input, lin: Linear, run: Numerics) -> bo
     token), `* scaling` a 0-dim float64. Under autocast the float32 A and B are cast, and each
     copy is kept where its matmul's input requires grad (B's always does).
     """
+    if lin.lora_dropout == 0 and not lin.quantized:
+        return _fused_lora(saved, prefix, x, lin, run)
     lora, elements = run.trained, x.tokens * x.width
     cuda_autocast = run.autocast and run.device == "cuda"
     peft_casts = x.nbytes != lora and not (lin.quantized and cuda_autocast)
@@ -113,6 +115,23 @@ def _lora(saved: Saved, prefix: str, x: Input, lin: Linear, run: Numerics) -> bo
         a_cast = lin.lora_r * x.width if x.grad else 0
         saved.add(f"{prefix} LoRA weight casts", (a_cast + lin.lora_r * lin.d_out) * run.compute)
     return not (autocast_copy or lin.lora_dropout > 0 or peft_casts)
+
+
+def _fused_lora(saved: Saved, prefix: str, x: Input, lin: Linear, run: Numerics) -> bool:
+    """A LoRA branch without dropout on a full-precision base: the lora strategy's fused layer
+    (adapterkit_strategies._fused_lora) computes x W^T + s (x A^T) B^T in one autograd Function.
+
+    It keeps its input in the compute dtype (the group's storage when the input is already in it;
+    else a cast of its own), `x A^T` (r values a token), and, where the compute dtype is not the
+    adapter's, its casts of A and B. No float64 scaling scalar, no float32 copy of the input.
+    """
+    compute = run.compute if run.autocast else x.nbytes
+    if x.nbytes != compute:
+        saved.add(f"{prefix} LoRA input (cast)", x.tokens * x.width * compute)
+    saved.add(f"{prefix} lora_B input", x.tokens * lin.lora_r * compute)
+    if run.trained != compute:
+        saved.add(f"{prefix} LoRA weight casts", lin.lora_r * (x.width + lin.d_out) * compute)
+    return x.nbytes == compute
 
 
 def cuda_attention(
