@@ -119,3 +119,12 @@ def test_holdout_selects_and_test_is_reported_separately(workspace: Path, tmp_pa
 def test_holdout_and_eval_together_is_a_recipe_error(workspace: Path) -> None:
     with pytest.raises(UserError, match=r"give data\.eval or data\.holdout, not both"):
         resolve(workspace / "recipe.yaml", ["data.holdout=2"])
+
+
+def test_generate_with_a_bare_model_takes_the_task_to_prompt_it_as(llama_dir: Path) -> None:
+    """Several built-in tasks generate, so a bare model needs `task`; with it, the task's format."""
+    text = api.generate("name a colour", model=str(llama_dir), max_new_tokens=3, task="causal_lm")
+    assert isinstance(text, str)
+    with pytest.raises(UserError, match="--task") as caught:
+        api.generate("name a colour", model=str(llama_dir), max_new_tokens=3)
+    assert "causal_lm" in str(caught.value) and "text" in str(caught.value)
