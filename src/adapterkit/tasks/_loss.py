@@ -33,3 +33,18 @@ def summed_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Te
         ignore_index=IGNORE,
         reduction="sum",
     )
+
+
+def loss_figures(total: float, count: int, **extra: float) -> dict[str, float | int]:
+    """The eval figures of a summed loss over `count` targets: eval_loss (the mean per target over
+    the whole set, so the eval batch size does not change it), its perplexity (inf past exp's
+    float range), any `extra` figures, and eval_tokens."""
+    import math
+
+    mean = total / count if count else float("nan")
+    return {
+        "eval_loss": mean,
+        "perplexity": math.exp(mean) if count and mean < 700 else float("inf"),
+        **extra,
+        "eval_tokens": count,
+    }

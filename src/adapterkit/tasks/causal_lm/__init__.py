@@ -22,7 +22,6 @@ Torch and transformers are imported lazily so that listing tasks stays instant.
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, cast
@@ -32,7 +31,7 @@ from pydantic import Field
 from adapterkit.errors import ModelError
 from adapterkit.strategy import ModelParts
 from adapterkit.tasks import _batching, _io, _models
-from adapterkit.tasks._loss import IGNORE, count_targets, summed_cross_entropy
+from adapterkit.tasks._loss import IGNORE, count_targets, loss_figures, summed_cross_entropy
 from adapterkit.tasks.causal_lm import chat, generation, head_loss, packing
 from adapterkit.tasks.causal_lm.chat import end_of_turn_ids
 
@@ -274,13 +273,7 @@ class CausalLM:
         sums = _batching.map_batches(
             model, batches, lambda b: (float(self.loss(model, b)), self.targets(b))
         )
-        total, count = sum(s for s, _ in sums), sum(n for _, n in sums)
-        mean = total / count if count else float("nan")
-        return {
-            "eval_loss": mean,
-            "perplexity": math.exp(mean) if count and mean < 700 else float("inf"),
-            "eval_tokens": count,
-        }
+        return loss_figures(sum(s for s, _ in sums), sum(n for _, n in sums))
 
     def generated_metrics(
         self, model: nn.Module, tokenizer: Any, examples: list[dict], options: Options

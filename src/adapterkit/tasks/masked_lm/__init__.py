@@ -31,7 +31,7 @@ from pydantic import Field
 
 from adapterkit.errors import ModelError, RecipeError
 from adapterkit.tasks import _batching, _models
-from adapterkit.tasks._loss import IGNORE, count_targets
+from adapterkit.tasks._loss import IGNORE, count_targets, loss_figures
 from adapterkit.tasks.masked_lm import documents, head
 from adapterkit.tasks.masked_lm.masking import MaskSpec, mask_example, rng_for
 
@@ -220,14 +220,9 @@ class MaskedLM:
             return loss, int(labels.numel()), int((logits.argmax(-1) == labels).sum())
 
         parts = _batching.map_batches(model, batches, one)
-        total, count = sum(p[0] for p in parts), sum(p[1] for p in parts)
-        mean = total / count if count else float("nan")
-        return {
-            "eval_loss": mean,
-            "perplexity": math.exp(mean) if count and mean < 700 else float("inf"),
-            "accuracy": sum(p[2] for p in parts) / count if count else float("nan"),
-            "eval_tokens": count,
-        }
+        count = sum(p[1] for p in parts)
+        hits = sum(p[2] for p in parts) / count if count else float("nan")
+        return loss_figures(sum(p[0] for p in parts), count, accuracy=hits)
 
     def manifest(self, options: Options, tokenizer: Any) -> dict[str, Any]:
         return {

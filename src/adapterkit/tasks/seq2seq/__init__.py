@@ -17,11 +17,11 @@ Torch and transformers are imported lazily so that listing tasks stays instant.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from adapterkit.tasks import _batching
+from adapterkit.tasks._loss import loss_figures
 from adapterkit.tasks.seq2seq import encoding, generation, models, readers
 from adapterkit.tasks.seq2seq.encoding import Encoded
 from adapterkit.tasks.seq2seq.options import Options
@@ -42,13 +42,7 @@ def loss_metrics(model: nn.Module, batches: list[dict[str, torch.Tensor]]) -> di
     sums = _batching.map_batches(
         model, batches, lambda b: (float(encoding.loss(model, b)), encoding.targets(b))
     )
-    total, count = sum(s for s, _ in sums), sum(n for _, n in sums)
-    mean = total / count if count else float("nan")
-    return {
-        "eval_loss": mean,
-        "perplexity": math.exp(mean) if count and mean < 700 else float("inf"),
-        "eval_tokens": count,
-    }
+    return loss_figures(sum(s for s, _ in sums), sum(n for _, n in sums))
 
 
 class Seq2Seq:

@@ -28,7 +28,7 @@ from pydantic import Field
 
 from adapterkit.errors import ModelError
 from adapterkit.tasks import _batching
-from adapterkit.tasks._loss import IGNORE, summed_cross_entropy
+from adapterkit.tasks._loss import IGNORE, loss_figures, summed_cross_entropy
 from adapterkit.tasks.seq2seq import documents, encoding, models, noise
 
 if TYPE_CHECKING:
@@ -197,14 +197,9 @@ class SpanCorruption:
             return float(summed_cross_entropy(logits, labels)), encoding.targets(batch), hits
 
         parts = _batching.map_batches(model, batches, one)
-        total, count = sum(p[0] for p in parts), sum(p[1] for p in parts)
-        mean = total / count if count else float("nan")
-        return {
-            "eval_loss": mean,
-            "perplexity": math.exp(mean) if count and mean < 700 else float("inf"),
-            "accuracy": sum(p[2] for p in parts) / count if count else float("nan"),
-            "eval_tokens": count,
-        }
+        count = sum(p[1] for p in parts)
+        hits = sum(p[2] for p in parts) / count if count else float("nan")
+        return loss_figures(sum(p[0] for p in parts), count, accuracy=hits)
 
     def manifest(self, options: Options, tokenizer: Any) -> dict[str, Any]:
         return {"prompt_format": "span_corruption", "eos_token": tokenizer.eos_token}

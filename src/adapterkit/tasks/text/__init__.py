@@ -18,7 +18,6 @@ Torch and transformers are imported lazily so that listing tasks stays instant.
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, cast
@@ -27,7 +26,7 @@ from pydantic import Field
 
 from adapterkit.errors import RecipeError
 from adapterkit.tasks import _batching, _models, causal_lm
-from adapterkit.tasks._loss import count_targets
+from adapterkit.tasks._loss import count_targets, loss_figures
 from adapterkit.tasks.causal_lm import CausalLM, packing
 from adapterkit.tasks.text import blocks, readers
 from adapterkit.tasks.text.blocks import Encoded
@@ -202,13 +201,7 @@ class TextLM:
         sums = _batching.map_batches(
             model, batches, lambda b: (float(self.loss(model, b)), self.targets(b))
         )
-        total, count = sum(s for s, _ in sums), sum(n for _, n in sums)
-        mean = total / count if count else float("nan")
-        return {
-            "eval_loss": mean,
-            "perplexity": math.exp(mean) if count and mean < 700 else float("inf"),
-            "eval_tokens": count,
-        }
+        return loss_figures(sum(s for s, _ in sums), sum(n for _, n in sums))
 
     def manifest(self, options: Options, tokenizer: Any) -> dict[str, Any]:
         return {
