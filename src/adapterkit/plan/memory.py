@@ -204,7 +204,7 @@ def plan(  # noqa: PLR0913 (the public signature; precision is keyword-only, aft
             layout = trainable_layout(built.model, arch.family, head, names)
             static = _static(weights, trainable_tensors(built.model), device)
             static |= {"packed": packs(task, t_opts), "precision": prec}
-            logits = _logits_fn(task, config, t_opts, layout)
+            logits = _logits_fn(task, config, t_opts, layout, prec)
             recompute = functools.partial(_make, cls.name, arch, layout, static, logits,
                                           length=seq_len, device=device)  # fmt: skip
             p = recompute(batch_size)
@@ -213,21 +213,27 @@ def plan(  # noqa: PLR0913 (the public signature; precision is keyword-only, aft
     return plans
 
 
-def _logits_fn(task: Task, config: Any, options: Any, layout: Trainable) -> Callable[..., int]:
+def _logits_fn(
+    task: Task, config: Any, options: Any, layout: Trainable, precision: Precision
+) -> Callable[..., int]:
     """`logits_bytes` for the task, told (where its `logits_bytes` takes them) the bytes of an
-    element of the final hidden states its loss reads (`hidden_bytes`) and of the head's weight
-    (`head_bytes`): a half head or hidden state changes what a loss working in float32 copies."""
+    element of the final hidden states its loss reads (`hidden_bytes`), of the head's weight
+    (`head_bytes`) and of autocast's compute dtype (`compute_bytes`, 4 without autocast): they
+    change what a loss copies and in which dtype its matmuls run."""
     import inspect
 
     own = getattr(task, "logits_bytes", None)
     fn = functools.partial(logits_bytes, task, config=config, options=options)
     if own is None:
         return fn
-    params = inspect.signature(own).parameters
-    if not {"hidden_bytes", "head_bytes"} <= set(params):
-        return fn
+    params = set(inspect.signature(own).parameters)
     hidden = max(layout.final_norm_bytes, layout.embedding_bytes)  # the final norm's output
-    extra = {"hidden_bytes": hidden, "head_bytes": layout.head_bytes}
+    told = {
+        "hidden_bytes": hidden,
+        "head_bytes": layout.head_bytes,
+        "compute_bytes": 2 if precision.half else 4,
+    }
+    extra = {k: v for k, v in told.items() if k in params}
     return lambda batch, length: int(own(batch, length, config, options, **extra))
 
 

@@ -181,14 +181,15 @@ def test_nf4_weights_equal_bitsandbytes_storage(tmp_path: Path) -> None:
 
 
 def test_logits_and_loss_are_the_chunked_losss_buffers() -> None:
-    # The causal LM computes its head and loss on target rows only, 1,024 at a time: two float32
-    # [chunk, V] buffers, the targets' hidden states and their gradient, and the int64 targets
+    # The causal LM computes its head and loss on target rows only, a chunk at a time: one float32
+    # [chunk, V] buffer (the softmax is taken in place) and its [chunk, H] slice of the gradient,
+    # the targets' hidden states and their gradient, the int64 targets and a chunk's row indices
     # (measured against the profiled peak in tests/unit/tasks/test_causal_lm_fast_path.py).
     config = testing.tiny_llama_config()
     b, length, vocab, hidden = 4, 16, config.vocab_size, config.hidden_size
-    n = b * (length - 1)
+    n = b * (length - 1)  # one chunk holds every target row
     p = _plan("llama", "lora", b=b, length=length)
-    assert p.components["logits_and_loss"] == 4 * (2 * n * vocab + 2 * n * hidden) + 8 * n
+    assert p.components["logits_and_loss"] == 4 * (n * vocab + n * hidden + 2 * n * hidden) + 16 * n
     big = plan("smollm2-135m", "causal_lm", ["lora"], None, 4, 512, "cpu")[0]
     copy = 4 * 512 * 49152 * 4  # one full float32 logits tensor, which is never built
     assert big.components["logits_and_loss"] < copy / 2
@@ -282,9 +283,9 @@ def test_a_frozen_models_forward_stays_within_the_planned_transient(kind: str) -
     c = p.components
     planned = max(c["activations"] + c["logits_and_loss"], c["inside_blocks"])
     live = _live_peak_during_forward(model, kind, b, length)
-    assert (
-        0.9 * live <= planned <= 1.5 * live
-    )  # small fixed tensors (masks, rotary) are not planned
+    # Small fixed tensors (the attention mask, the rotary tables) are not planned: 18,688 of the
+    # tiny Llama's 166,144 live bytes (11%), a share that shrinks with the model.
+    assert 0.85 * live <= planned <= 1.5 * live
 
 
 def test_max_batch_size_is_consistent_with_fits() -> None:

@@ -221,16 +221,18 @@ def test_generate_is_the_same_with_the_packed_attention(tok, dirs):
 # ---- the planner's figure -------------------------------------------------------------------
 
 
-def test_the_causal_lm_logits_bytes_are_two_chunks_of_logits_and_the_targets_hidden_states(
+def test_the_causal_lm_logits_bytes_are_one_chunk_of_logits_and_the_targets_hidden_states(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     llama = tiny_llama_config()
     b, length, vocab, hidden = 3, 10, llama.vocab_size, llama.hidden_size
     rows = b * (length - 1)  # every position but each row's first can be a target
-    full = (2 * rows * vocab + 2 * rows * hidden) * 4 + rows * 8
+    # a chunk's float32 logits and its slice of the gradient, row indices; the targets' states,
+    # their gradient and their ids
+    full = (rows * vocab + rows * hidden + 2 * rows * hidden) * 4 + rows * 8 + rows * 8
     assert TASK.logits_bytes(b, length, llama, PACKED) == full  # one chunk holds all rows
     monkeypatch.setattr(head_loss, "CHUNK", 4)
-    chunked = (2 * 4 * vocab + 2 * rows * hidden) * 4 + rows * 8
+    chunked = (4 * vocab + 4 * hidden + 2 * rows * hidden) * 4 + 4 * 8 + rows * 8
     assert TASK.logits_bytes(b, length, llama, PACKED) == chunked
     assert TASK.logits_bytes(b, length, llama, PADDED) == chunked
     # far below the three [B, L, V] float32 copies the full-logits loss held
@@ -279,3 +281,54 @@ def test_chunked_loss_under_bf16_autocast_is_float32_and_near_the_plain_loss(tok
     head = model.get_output_embeddings().weight
     assert head.grad is not None and head.grad.dtype == torch.float32
     assert torch.isfinite(head.grad).all() and head.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("head_dtype", [torch.bfloat16, torch.float32])
+def test_under_autocast_the_chunked_loss_is_autocasts_head_in_float32_softmax(
+    head_dtype: torch.dtype,
+) -> None:
+    """Under bf16 autocast the head's matmuls run in bf16 (as the plain head would) and the softmax
+    in float32: loss and input gradient equal that reference, chunk by chunk or not."""
+    torch.manual_seed(0)
+    head = torch.nn.Linear(32, 300, bias=False).to(head_dtype).requires_grad_(False)
+    hidden = torch.randn(50, 32, dtype=torch.bfloat16)
+    targets = torch.randint(0, 300, (50,))
+    ours = hidden.clone().requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = head_loss.chunked_head_ce(ours, head, targets, chunk=16)
+    loss.backward()
+    ref = hidden.clone().requires_grad_(True)
+    logits = (ref @ head.weight.to(torch.bfloat16).t()).float()
+    expected = torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
+    expected.backward()
+    assert loss.dtype == torch.float32
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-4)
+    assert ours.grad is not None and ref.grad is not None
+    torch.testing.assert_close(ours.grad.float(), ref.grad.float(), rtol=2e-2, atol=2e-3)
+
+
+@pytest.mark.parametrize("head_dtype", [torch.bfloat16, torch.float32])
+def test_the_logits_bytes_under_autocast_are_what_the_chunked_loss_holds(
+    head_dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bf16 figure (a half chunk of logits beside the float32 one, the head cast to bf16
+    unless stored in it, the CPU kernel's packed copy) against the profiled peak."""
+    from types import SimpleNamespace
+
+    from adapterkit.testing.memory_profile import profiled_tensor_peak
+
+    monkeypatch.setattr(head_loss, "CHUNK", 64)
+    vocab, hidden_size, n = 4096, 64, 200
+    head = torch.nn.Linear(hidden_size, vocab, bias=False).to(head_dtype).requires_grad_(False)
+    states = torch.randn(n + 1, hidden_size, dtype=torch.bfloat16).requires_grad_(True)
+    targets = torch.randint(0, vocab, (n,))
+
+    def run() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            head_loss.chunked_head_ce(states[1:] * 1, head, targets).backward()
+
+    measured, _ = profiled_tensor_peak(run)
+    config = SimpleNamespace(vocab_size=vocab, hidden_size=hidden_size)
+    size = head.weight.element_size()
+    figure = TASK.logits_bytes(1, n + 1, config, PACKED, 2, size, compute_bytes=2)
+    assert 0.97 * figure <= measured <= 1.03 * figure, (figure, measured)

@@ -29,8 +29,9 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, cast
 from pydantic import Field
 
 from adapterkit.errors import ModelError
+from adapterkit.sampling import Settings
 from adapterkit.strategy import ModelParts
-from adapterkit.tasks import _batching, _io, _models
+from adapterkit.tasks import _batching, _models
 from adapterkit.tasks._loss import IGNORE, count_targets, loss_figures, summed_cross_entropy
 from adapterkit.tasks.causal_lm import chat, generation, head_loss, packing
 from adapterkit.tasks.causal_lm.chat import end_of_turn_ids
@@ -150,25 +151,35 @@ class CausalLM:
         options: Options,
         hidden_bytes: int = 4,
         head_bytes: int = 4,
+        compute_bytes: int = 4,
     ) -> int:
         """What the chunked target-only loss (`head_loss`) holds at its largest, in bytes.
 
         At most N = batch x (length - 1) positions are targets (packed or padded: each row's first
         token never is). The loss keeps the targets' gathered hidden states [N, H] and their ids
         (int64) for backward; in backward their gradient [N, H] exists beside one chunk's float32
-        logits and their softmax (the gradient is made in place in it), [C, V] each with C =
-        min(chunk_rows(V), N); forward's peak (a chunk's logits and logsumexp's temporary) is no larger.
-        No [B, L, V] tensor ever exists. `hidden_bytes`: bytes of an element of the final hidden
-        states (2 under bf16 autocast behind a frozen bf16 final norm), the dtype of the gathered
-        states and of their gradient. `head_bytes`: of the head's weight; the loss computes in
-        float32, so a half head is copied to float32 (V x H x 4) while the loss runs, forward and
-        backward. The planner passes both (adapterkit.plan.memory).
+        logits [C, V] (C = min(chunk_rows(V), N); the softmax is taken in place), its [C, H] slice
+        of the gradient and the chunk's row indices. Under autocast (`compute_bytes` 2) the
+        matmuls run in the half dtype: a chunk's logits exist in it too, and the head's weight is
+        cast to it (V x H x 2) unless it is stored in it, and packed once more per matmul by the
+        CPU's half-precision kernel (V x H x 2; counted on CUDA too, a small overestimate there).
+        Forward's peak is no larger. No [B, L, V] tensor ever exists. `hidden_bytes`: of an element
+        of the final hidden states (2 under bf16 autocast behind a frozen bf16 final norm), the
+        dtype of the gathered states and of their gradient; `head_bytes`: of the head's weight.
+        Without autocast a half head is copied to float32 (V x H x 4). The planner passes all three
+        (adapterkit.plan.memory).
         """
         rows = batch * max(length - 1, 0)
         vocab, hidden = int(config.vocab_size), int(config.hidden_size)
         chunk = min(head_loss.chunk_rows(vocab), rows)
-        head_copy = vocab * hidden * 4 if head_bytes != 4 else 0
-        return 2 * chunk * vocab * 4 + 2 * rows * hidden * hidden_bytes + rows * 8 + head_copy
+        kept = 2 * rows * hidden * hidden_bytes + rows * 8
+        per_chunk = chunk * vocab * 4 + chunk * hidden * 4 + chunk * 8
+        if compute_bytes == 4:
+            head_copy = vocab * hidden * 4 if head_bytes != 4 else 0
+            return kept + per_chunk + head_copy
+        head_copy = vocab * hidden * compute_bytes if head_bytes != compute_bytes else 0
+        packed = vocab * hidden * compute_bytes
+        return kept + per_chunk + chunk * vocab * compute_bytes + head_copy + packed
 
     def packs(self, options: Options) -> bool:
         """With `packing`, a step's rows are one sequence (no padding, attention within each row)."""
@@ -189,19 +200,19 @@ class CausalLM:
     def read(self, path: Path, options: Options) -> list[dict[str, Any]]:
         """Rows as chat messages: [{"messages": [...], "line"[, "references"]}, ...]; errors
         name the file and line."""
-        path = Path(path)
-        rows = []
-        for lineno, row in _io.read_jsonl(path):
-            item = {"messages": chat.row_messages(row, path, lineno), "line": lineno}
-            refs = chat.row_references(row, path, lineno)
-            if refs is not None:
-                item["references"] = refs
-            rows.append(item)
-        return rows
+        return chat.read_rows(Path(path), chat.row_messages)
 
-    def _messages(self, row: dict[str, Any], options: Options, index: int = 0) -> chat.Messages:
+    def read_prompts(self, path: Path, options: Options) -> list[dict[str, Any]]:
+        """Rows to generate for (`adapterkit predict`): as `read`, but a row may lack its response
+        ("instruction" without "output", or "messages" ending with a user turn)."""
+        return chat.read_rows(Path(path), chat.prompt_row_messages)
+
+    def _messages(
+        self, row: dict[str, Any], options: Options, index: int = 0, response: bool = True
+    ) -> chat.Messages:
         # Rows from `read` are already messages; rows built in Python are checked here.
-        msgs = row["messages"] if "messages" in row else chat.row_messages(row, Path("rows"), index)
+        check = chat.row_messages if response else chat.prompt_row_messages
+        msgs = row["messages"] if "messages" in row else check(row, Path("rows"), index)
         if options.system_prompt is not None and msgs[0]["role"] != "system":
             msgs = [{"role": "system", "content": options.system_prompt}, *msgs]
         return msgs
@@ -290,7 +301,26 @@ class CausalLM:
             "eos_token": tokenizer.eos_token,
         }
 
+    def generation_settings(self, options: Options, tokenizer: Any) -> dict[str, Any]:
+        """An exported model stops at every token that ends an assistant turn (eos first, then
+        the template's end-of-turn specials), and pads with the pad token (`Task` protocol)."""
+        return {"eos_token_id": end_of_turn_ids(tokenizer), "pad_token_id": tokenizer.pad_token_id}
+
     # ---- inference ------------------------------------------------------------------------------
+
+    def generate_batch(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        prompts: list[str],
+        options: Options,
+        settings: Settings,
+    ) -> list[str]:
+        """The reply to each prompt (a user turn, rendered as in training), greedy or sampled as
+        `settings` say; batched, left-padded, stopping at the end-of-turn token."""
+        turns = [{"messages": [{"role": "user", "content": p}]} for p in prompts]
+        ids = [self._render(tokenizer, self._messages(t, options), prompt=True) for t in turns]
+        return generation.generate_replies(model, tokenizer, ids, options, settings)
 
     def generate(
         self,
@@ -301,21 +331,22 @@ class CausalLM:
         max_new_tokens: int = 128,
     ) -> str:
         """Greedy reply to `prompt`, rendered as in training; stops at the end-of-turn token."""
-        import torch
+        settings = Settings(max_new_tokens=max_new_tokens, batch_size=1)
+        return self.generate_batch(model, tokenizer, [prompt], options, settings)[0]
 
-        msgs = self._messages({"messages": [{"role": "user", "content": prompt}]}, options)
-        ids = self._render(tokenizer, msgs, prompt=True)
-        with _batching.inference(model) as device:
-            input_ids = torch.tensor([ids], dtype=torch.long, device=device)
-            out = cast(Any, model).generate(
-                input_ids=input_ids,
-                attention_mask=torch.ones_like(input_ids),
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                eos_token_id=end_of_turn_ids(tokenizer),
-                pad_token_id=tokenizer.pad_token_id,
-            )
-        return tokenizer.decode(out[0, len(ids) :], skip_special_tokens=True).strip()
+    def generate_rows(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        rows: list[dict[str, Any]],
+        options: Options,
+        settings: Settings,
+    ) -> list[dict[str, Any]]:
+        """Per row: {"line", "prompt" (the last user turn), "prediction" (the reply: greedy with
+        `num_beams`, or sampled, as `settings` say), "references" (the row's, else its response;
+        left out for a row with neither)}; batched and left-padded like eval."""
+        msgs = [self._messages(row, options, i, response=False) for i, row in enumerate(rows)]
+        return generation.row_predictions(model, tokenizer, rows, msgs, options, settings)
 
     def predict(
         self,
@@ -325,17 +356,5 @@ class CausalLM:
         options: Options,
         batch_size: int = 16,
     ) -> list[dict[str, Any]]:
-        """Per row: {"line", "prompt" (the last user turn), "prediction" (the generated reply,
-        `max_new_tokens`, `num_beams`), "references"}; batched and left-padded like eval."""
-        msgs = [self._messages(row, options, i) for i, row in enumerate(rows)]
-        prompts = [self._render(tokenizer, m[:-1], prompt=True) for m in msgs]
-        texts = generation.replies(model, tokenizer, prompts, options, batch_size)
-        return [
-            {
-                "line": row.get("line"),
-                "prompt": next(t["content"] for t in reversed(m[:-1]) if t["role"] == "user"),
-                "prediction": text,
-                "references": _references(row, m),
-            }
-            for row, m, text in zip(rows, msgs, texts, strict=True)
-        ]
+        """`generate_rows` with the task's own search (greedy, or `num_beams`)."""
+        return self.generate_rows(model, tokenizer, rows, options, Settings(batch_size=batch_size))

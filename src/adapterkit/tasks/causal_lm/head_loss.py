@@ -5,9 +5,10 @@ them, a shifted copy and log_softmax's output for backward. Here the model runs 
 handing back the final hidden states, those of the target positions are gathered, and `ChunkedHeadCE` computes the summed cross
 entropy `chunk_rows(V)` rows at a time: forward keeps only the per-chunk logsumexp's scalar sum; backward
 recomputes each chunk's logits and returns dh = (softmax - onehot) @ W, and dW (and db) only when
-the head's weight trains (`head`/`full`, tied embeddings). The matmul and the softmax are float32
-whatever the body's dtype or autocast (as Liger's and TRL's chunked losses do). Torch is imported
-lazily.
+the head's weight trains (`head`/`full`, tied embeddings). The logits and dh matmuls run in
+autocast's dtype when autocast is on (as the plain head would, and as Liger's fused loss does), in
+float32 otherwise; the softmax, the loss and dW are float32 always, and the softmax is taken in
+place, so one float32 chunk of logits is all a chunk holds. Torch is imported lazily.
 """
 
 from __future__ import annotations
@@ -54,26 +55,35 @@ _FN: Any = None
 def _build() -> Any:
     import torch
 
-    def logits(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
-        z = h.float() @ w.t()
-        return z + b if b is not None else z
+    def logits(h: Any, w: Any, b: Any, dtype: Any) -> Any:
+        """A chunk's logits in float32, the matmul in `dtype` (`w` already in it)."""
+        z = (h.to(dtype) @ w.t()).float()
+        return z + b.float() if b is not None else z
+
+    def exp_shifted_(z: Any) -> Any:
+        """exp(z - max z) in place, per row; returns the row maxima [C, 1]."""
+        top = z.amax(-1, keepdim=True)
+        z.sub_(top).exp_()
+        return top
 
     class ChunkedHeadCE(torch.autograd.Function):
         """sum_i [logsumexp(h_i W^T + b) - (h_i W^T + b)[t_i]] over rows i, CHUNK rows at a time."""
 
         @staticmethod
-        def forward(ctx: Any, h: Any, weight: Any, bias: Any, targets: Any, chunk: int) -> Any:
+        def forward(
+            ctx: Any, h: Any, weight: Any, bias: Any, targets: Any, chunk: int, dtype: Any
+        ) -> Any:
             with torch.autocast(h.device.type, enabled=False):
-                w = weight.float()
-                b = bias.float() if bias is not None else None
+                w = weight.to(dtype)
                 total = torch.zeros((), dtype=torch.float32, device=h.device)
                 for s in range(0, h.shape[0], chunk):
-                    z = logits(h[s : s + chunk], w, b)
-                    t = targets[s : s + chunk, None]
-                    total += (torch.logsumexp(z, -1) - z.gather(1, t).squeeze(1)).sum()
+                    z = logits(h[s : s + chunk], w, bias, dtype)
+                    picked = z.gather(1, targets[s : s + chunk, None]).squeeze(1)
+                    top = exp_shifted_(z)
+                    total += (z.sum(-1).log() + top.squeeze(1) - picked).sum()
                     del z  # freed before the next chunk's logits exist
             ctx.save_for_backward(h, weight, bias, targets)
-            ctx.chunk = chunk
+            ctx.chunk, ctx.dtype = chunk, dtype
             return total
 
         @staticmethod
@@ -81,20 +91,21 @@ def _build() -> Any:
             h, weight, bias, targets = ctx.saved_tensors
             need_h, need_w, need_b = ctx.needs_input_grad[:3]
             with torch.autocast(h.device.type, enabled=False):
-                w = weight.float()
-                b = bias.float() if bias is not None else None
+                w = weight.to(ctx.dtype)
                 dh = torch.empty_like(h) if need_h else None
-                dw = torch.zeros_like(w) if need_w else None
-                db = torch.zeros_like(b) if need_b and b is not None else None
+                dw = torch.zeros_like(weight, dtype=torch.float32) if need_w else None
+                db = torch.zeros_like(bias, dtype=torch.float32) if need_b else None
                 g = grad.float()
                 for s in range(0, h.shape[0], ctx.chunk):
                     hc = h[s : s + ctx.chunk]
-                    p = torch.softmax(logits(hc, w, b), -1)
+                    p = logits(hc, w, bias, ctx.dtype)
+                    exp_shifted_(p)
+                    p.div_(p.sum(-1, keepdim=True))  # the softmax, in place
                     rows = torch.arange(p.shape[0], device=p.device)
                     p[rows, targets[s : s + ctx.chunk]] -= 1.0
                     p *= g
                     if dh is not None:
-                        dh[s : s + ctx.chunk] = (p @ w).to(h.dtype)
+                        dh[s : s + ctx.chunk] = (p.to(ctx.dtype) @ w).to(h.dtype)
                     if dw is not None:
                         dw.addmm_(p.t(), hc.float())
                     if db is not None:
@@ -102,9 +113,20 @@ def _build() -> Any:
                     del p  # freed before the next chunk's logits exist
             dw = dw.to(weight.dtype) if dw is not None else None
             db = db.to(bias.dtype) if db is not None and bias is not None else None
-            return dh, dw, db, None, None
+            return dh, dw, db, None, None, None
 
     return ChunkedHeadCE
+
+
+def compute_dtype(hidden: torch.Tensor) -> torch.dtype:
+    """The dtype of the head's matmuls: autocast's when it is on (as the plain head under autocast
+    would run), else float32. The softmax and the loss are float32 either way."""
+    import torch
+
+    device = hidden.device.type
+    if torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return torch.float32
 
 
 def chunked_head_ce(
@@ -113,7 +135,9 @@ def chunked_head_ce(
     """Summed cross entropy of `head(hidden)` [N, V] against `targets` [N], `chunk` (default
     `chunk_rows(V)`) rows at a time, never all N at once."""
     rows = max(1, chunk or chunk_rows(int(head.weight.shape[0])))
-    return _function().apply(hidden, head.weight, head.bias, targets.to(hidden.device), rows)
+    dtype = compute_dtype(hidden)
+    targets = targets.to(hidden.device)
+    return _function().apply(hidden, head.weight, head.bias, targets, rows, dtype)
 
 
 def lm_head(model: nn.Module) -> nn.Linear | None:
