@@ -187,6 +187,14 @@ def recipe_wrong_type(ws, tmp):
     return _train(ws, tmp, "train.batch_size=many"), ["train.batch_size", "valid integer"]
 
 
+def recipe_tracker(ws, tmp):
+    return _train(ws, tmp, "train.log_with=[tensorbord]"), [
+        "train.log_with",
+        "unknown tracker 'tensorbord'",
+        "installed here:",
+    ]
+
+
 def recipe_yaml(ws, tmp):
     f = _file(tmp, "broken.yaml", "model: {name: x}\ntrain: {a: [}\n")
     return ["train", str(f)], [f"{f}:2:", "invalid YAML"]

@@ -18,7 +18,7 @@ from adapterkit.recipe import Recipe
 log = logging.getLogger("adapterkit")
 
 
-RUN_FILES = ("log.jsonl", "metrics.json", "best", "checkpoints")
+RUN_FILES = ("log.jsonl", "metrics.json", "best", "checkpoints", "tracking")
 
 
 def recover_run_dir(out_dir: Path) -> list[str]:
@@ -87,7 +87,8 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
 
 
 # Keys a resume may change: only how long to train.
-RESUMABLE_CHANGES = frozenset({"train.max_steps"})
+# Keys a resumed run may change: they do not change what the steps compute.
+RESUMABLE_CHANGES = frozenset({"train.max_steps", "train.log_with"})
 
 
 def recipe_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:

@@ -6,10 +6,22 @@ a run reports are defined next to their fields, in metrics.py (RunMetrics).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Annotated, Literal
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import AfterValidator, BeforeValidator, Field
+
+
+def _as_list(value: Any) -> Any:
+    """`log_with: tensorboard` (or `train.log_with=tensorboard`) means a list of one."""
+    return [value] if isinstance(value, str) else value
+
+
+def _trackers(names: list[str]) -> list[str]:
+    """Known, supported and installed trackers only (no torch import: checked by module)."""
+    from adapterkit.train.tracking import check_trackers
+
+    return check_trackers(names)
 
 
 @dataclass
@@ -91,3 +103,12 @@ class TrainConfig:
             "(peak RSS as `plan` predicts it, about a third lower for LoRA; slower steps)."
         ),
     ] = False
+    log_with: Annotated[
+        list[str],
+        BeforeValidator(_as_list),
+        AfterValidator(_trackers),
+        Field(
+            description="Experiment trackers, through accelerate: tensorboard, mlflow, wandb "
+            "(offline); logs under <out>/tracking/<tracker>/ (docs/tracking.md)."
+        ),
+    ] = field(default_factory=list)

@@ -27,7 +27,7 @@ from adapterkit.storage import faults
 from adapterkit.storage.checkpoints import save_checkpoint, set_rng_state
 from adapterkit.strategy import trainable_named_parameters
 from adapterkit.task import generated_metrics, selection
-from adapterkit.train import measure, optim, stops
+from adapterkit.train import measure, optim, stops, tracking
 from adapterkit.train.config import TrainConfig
 from adapterkit.train.inputs import (
     AdapterBinding,
@@ -35,7 +35,7 @@ from adapterkit.train.inputs import (
     TrainData,
     check_adapter_matches_trainable,
 )
-from adapterkit.train.metrics import RunLog, RunMetrics
+from adapterkit.train.metrics import RunMetrics
 from adapterkit.train.optim import RunLength, Window, seed
 from adapterkit.train.selection import BestAdapter
 from adapterkit.train.state import LoopState
@@ -148,7 +148,7 @@ class Trainer:
         checkpoint, task = self.resume.checkpoint, self.data.task
         self.state = LoopState() if checkpoint is None else LoopState.from_json(checkpoint["state"])
         resume_step = None if checkpoint is None else self.state.step
-        self.log = RunLog(self.out_dir / "log.jsonl", resume_step)
+        self.log = tracking.RunLogs(self.out_dir, resume_step, self.cfg, self.resume, self.device)
         metric, higher_is_better = selection(task, self.data.task_options)
         self.best = BestAdapter(
             self.out_dir / "best",
@@ -313,6 +313,7 @@ class Trainer:
 
     def _finish(self, memory: measure.MemoryFigures, stopped_early: bool) -> RunMetrics:
         """Save the final adapter, write metrics.json, and hand the model back unwrapped."""
+        self.log.close()  # the trackers, before the save moves the run's files
         adapter_bytes = self.adapter.save(self.bare, self.out_dir)
         state = self.state
         metrics = RunMetrics(
