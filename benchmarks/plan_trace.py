@@ -84,7 +84,7 @@ def main() -> int:
     import torch
 
     from adapterkit import api
-    from adapterkit.plan.memory import from_recipe
+    from adapterkit.planning.memory import from_recipe
     from adapterkit.recipe import resolve
 
     work = Path(tempfile.mkdtemp(prefix="plan-trace-"))

@@ -1,4 +1,4 @@
-"""`adapterkit.plan.memory.plan` against the trainer's measured peak memory.
+"""`adapterkit.planning.memory.plan` against the trainer's measured peak memory.
 
     .venv/bin/python benchmarks/plan_vs_measured.py [--models smollm2 minilm]
         [--strategies full head last_n lora qlora] [--points 8x64 32x128] [--max-steps 3]
@@ -60,7 +60,7 @@ _PLAN_LOCK = threading.Lock()
 STRATEGIES = ["full", "head", "last_n", "lora", "qlora"]
 
 _RUNTIME_PROBE = """
-import torch, transformers, peft, accelerate, adapterkit.api, adapterkit.train.trainer
+import torch, transformers, peft, accelerate, adapterkit.api, adapterkit.training.trainer
 from adapterkit import testing
 from adapterkit.strategy import ModelParts
 import adapterkit_strategies as S
@@ -111,7 +111,7 @@ def run_point(
     model_path: str | None = None,
     extra: tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    from adapterkit.plan.memory import from_recipe
+    from adapterkit.planning.memory import from_recipe
     from adapterkit.recipe import resolve
 
     recipe = MODELS[model]["recipe"].format(strategy=strategy)
@@ -178,7 +178,7 @@ def run_point(
 
 def replan(record: dict[str, Any]) -> dict[str, Any]:
     """The record with its plan made again by the current code (the measurement kept)."""
-    from adapterkit.plan.memory import from_recipe
+    from adapterkit.planning.memory import from_recipe
     from adapterkit.recipe import resolve
 
     recipe = MODELS[record["model"]]["recipe"].format(strategy=record["strategy"])

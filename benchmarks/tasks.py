@@ -130,7 +130,7 @@ def markdown(rows: list[dict]) -> str:
 def plots(rows: list[dict], out: Path) -> None:
     """Per task, the same plots `adapterkit compare` draws: reported metric against peak memory
     (Pareto front marked) and every strategy's training loss, from the runs' own logs."""
-    from adapterkit.compare.report import plot_losses, plot_pareto
+    from adapterkit.comparison.report import plot_losses, plot_pareto
 
     for task in dict.fromkeys(r["task"] for r in rows):
         done = [r for r in rows if r["task"] == task and "error" not in r]

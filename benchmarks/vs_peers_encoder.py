@@ -68,7 +68,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def cpu_has_bf16() -> bool:
-    from adapterkit.train.precision import cpu_flags, cpu_has_bf16
+    from adapterkit.training.precision import cpu_flags, cpu_has_bf16
 
     return cpu_has_bf16(cpu_flags())
 

@@ -116,8 +116,8 @@ def _encode(recipe: Any) -> Encoded:
 
 def adapterkit_schedule(recipe: Any, encoded: Encoded) -> list[list[int]]:
     """adapterkit's batches for `recipe.train.max_steps` steps (grad_accum 1), grouped as it groups."""
-    from adapterkit.train import optim
-    from adapterkit.train.inputs import TrainData
+    from adapterkit.training import optim
+    from adapterkit.training.inputs import TrainData
 
     cfg, train = recipe.train, encoded.train
     data = TrainData(encoded.task, encoded.options, train, None, encoded.tokenizer)

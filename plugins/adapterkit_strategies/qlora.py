@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, cast
 
 from pydantic import Field
 
-from adapterkit.errors import ModelError
-from adapterkit.strategy import ModelParts
+from adapterkit.errors import AdapterError, ModelError
+from adapterkit.strategy import ModelParts, is_4bit
 
 from ._peft import (
     LoraOptions,
@@ -67,6 +67,78 @@ def set_4bit_compute_dtype(model: nn.Module, dtype: torch.dtype) -> int:
             setattr(module, "compute_type_is_set", True)  # noqa: B010
             count += 1
     return count
+
+
+def _plain_linear(layer: nn.Module, weight: torch.Tensor) -> nn.Module:
+    """A float32 `nn.Linear` holding `weight` and `layer`'s bias, frozen, on `weight`'s device."""
+    import torch
+    from torch import nn
+
+    bias = getattr(layer, "bias", None)
+    out = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device=weight.device)
+    with torch.no_grad():
+        out.weight.copy_(weight)
+        if bias is not None:
+            out.bias.copy_(bias.float())
+    return out.requires_grad_(False)
+
+
+def dequantized(layer: Any) -> torch.Tensor:
+    """A 4-bit linear layer's weight as the float32 values it computes with (bitsandbytes'
+    `dequantize_4bit` of its NF4 blocks)."""
+    import bitsandbytes.functional as bnb_functional
+
+    weight = layer.weight
+    return bnb_functional.dequantize_4bit(weight.data, weight.quant_state).float()
+
+
+def _lora_merged(layer: Any) -> torch.Tensor:
+    """The dequantized base weight of a peft LoRA layer over a 4-bit linear plus its active
+    adapters' updates (DoRA through peft's own variant), as float32."""
+    weight = dequantized(layer.get_base_layer())
+    for adapter in layer.active_adapters:
+        if adapter not in layer.lora_A:
+            continue
+        if adapter in layer.lora_variant:
+            weight = layer.lora_variant[adapter].merge_safe(layer, adapter, weight).float()
+        else:
+            weight = weight + layer.get_delta_weight(adapter).float()
+    return weight
+
+
+def _four_bit_layer(module: Any) -> str | None:
+    """ "lora" for a peft LoRA layer over a 4-bit linear, "plain" for a 4-bit linear, else None."""
+    from peft.tuners.lora import LoraLayer
+
+    if isinstance(module, LoraLayer):
+        base: Any = module.get_base_layer()
+        return "lora" if is_4bit(base.weight) else None
+    weight = getattr(module, "weight", None)
+    return "plain" if weight is not None and is_4bit(weight) else None
+
+
+def dequantize_and_merge(model: nn.Module) -> int:
+    """Replace every 4-bit linear layer of `model` by a float32 `nn.Linear`: a LoRA layer over
+    one holds the dequantized weight plus the LoRA update, any other the dequantized weight.
+    Returns how many layers were replaced; an update that is not finite is an AdapterError."""
+    replaced: list[str] = []
+    for name, module in list(model.named_modules()):
+        if any(name.startswith(done + ".") for done in replaced):
+            continue  # inside a layer already replaced (a LoRA layer's base layer)
+        kind = _four_bit_layer(module)
+        if kind is None:
+            continue
+        layer: Any = module
+        if kind == "lora" and any(layer.lora_bias.values()):
+            raise AdapterError(f"{name}: merging a LoRA bias into a 4-bit layer is not supported")
+        base = layer.get_base_layer() if kind == "lora" else layer
+        weight = _lora_merged(layer) if kind == "lora" else dequantized(layer)
+        if not bool(weight.isfinite().all()):
+            raise AdapterError(f"{name}: the merged weight is not finite; the adapter is broken")
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent), child, _plain_linear(base, weight))
+        replaced.append(name)
+    return len(replaced)
 
 
 class Qlora:
@@ -144,3 +216,12 @@ class Qlora:
 
     def extra_files(self, model: nn.Module, options: QloraOptions) -> dict[str, bytes]:
         return peft_config_file(model)
+
+    def merge(self, model: nn.Module, options: QloraOptions) -> nn.Module:
+        """The LoRA update merged into the *dequantized* NF4 weights, as float32 linear layers:
+        the merged model computes what base + adapter computed. peft's own 4-bit merge would
+        quantize the sum again, and merging into the original weights instead adds the
+        quantization error (peft#2502); `adapterkit merge --base original` does that on purpose,
+        building the unquantized base through `plan_apply`, where this finds no 4-bit layer."""
+        dequantize_and_merge(model)
+        return cast(Any, model).merge_and_unload(safe_merge=True)

@@ -13,9 +13,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 import yaml
 
@@ -24,15 +24,18 @@ from adapterkit.build import LoadSettings, build_model
 from adapterkit.errors import AdapterError, OutOfMemoryError, UserError
 from adapterkit.recipe import Recipe
 from adapterkit.storage import sources
-from adapterkit.storage.run_dir import check_resumable, prepare_out_dir, recover_run_dir
+from adapterkit.storage.run_dir import check_resumable, recover_run_dir
 from adapterkit.strategy import Strategy, extra_files
 from adapterkit.task import Task, collate_all, generated_metrics
-from adapterkit.train import precision
+from adapterkit.training import precision
 
 if TYPE_CHECKING:
     from contextlib import AbstractContextManager
 
     from torch import nn
+    from typing_extensions import Unpack
+
+    from adapterkit.sampling import Keywords
 
 
 log = logging.getLogger("adapterkit")
@@ -119,10 +122,10 @@ def train(
     written with the same resolved recipe except `train.max_steps`. `resume_hint` ends the message
     of a run stopped by SIGINT/SIGTERM (the CLI passes the exact command).
     """
-    from adapterkit.plan import report
+    from adapterkit.planning import report
     from adapterkit.storage import manifest
-    from adapterkit.train import final_test, resolve, trainer
-    from adapterkit.train.inputs import AdapterBinding
+    from adapterkit.training import distributed, final_test, resolve, trainer
+    from adapterkit.training.inputs import AdapterBinding
 
     out_dir = Path(out_dir)
     run = _prepare(recipe, out_dir, overwrite, resume)
@@ -154,7 +157,7 @@ def train(
         raise OutOfMemoryError(f"{exc}\n{report.plan_advice(recipe)}") from exc
     # The trained model computes as it trained from here on: under the run's autocast.
     precision.autocast_forward(built.model, precision.compute_dtype(cfg.precision))
-    if test_examples:
+    if test_examples and distributed.is_main_process():  # the main one writes metrics.json
         final_test.add_test_metrics(
             metrics, run.task, run.recipe, (run.strategy, built), test_examples, out_dir
         )
@@ -176,9 +179,10 @@ def _prepare(recipe: Recipe, out_dir: Path, overwrite: bool, resume: bool) -> _P
     """The run directory made ready, the plugins found, and the data read and checked, all
     before the model loads: a bad line or a refused resume should cost milliseconds."""
     from adapterkit.plugins import load_registry
+    from adapterkit.training import distributed
 
-    recover_run_dir(out_dir)
-    checkpoint = prepare_out_dir(out_dir, overwrite, resume)
+    # The main process prepares (it may replace an older run); the others wait for its answer.
+    checkpoint = distributed.prepare_run_dir(out_dir, overwrite, resume)
     quiet_known_notices()
     registry = load_registry()
     strategy = registry.strategy(recipe.strategy.name)
@@ -193,7 +197,7 @@ def _prepare(recipe: Recipe, out_dir: Path, overwrite: bool, resume: bool) -> _P
 
 def _encode(run: _Prepared, tokenizer: Any) -> tuple[Any, list[dict] | None]:
     """The training data as the loop takes it, and the encoded test rows (None without any)."""
-    from adapterkit.train.inputs import TrainData
+    from adapterkit.training.inputs import TrainData
 
     task, t_opts = run.task, run.recipe.task.options
     train_rows, eval_rows, test_rows = run.rows
@@ -298,64 +302,64 @@ def evaluate(adapter_dir: Path, data: Path, batch_size: int = 8) -> dict[str, An
     return {**metrics, **extra}
 
 
-def predict(adapter_dir: Path, data: Path, batch_size: int = 32) -> list[dict[str, Any]]:
-    """Per-row predictions (label and score, or a tag per word) for a file in the task's format."""
-    loaded = load(adapter_dir)
-    predict_rows = getattr(loaded.task, "predict", None)  # an optional Task member
-    if predict_rows is None:
-        raise UserError(f"task '{loaded.task.name}' has no predictions; use `adapterkit generate`")
-    rows = loaded.task.read(Path(data), loaded.task_options)
-    if not rows:
-        raise UserError(f"{data}: no rows to predict")
-    with loaded.autocast():
-        return predict_rows(
-            loaded.model, loaded.tokenizer, rows, loaded.task_options, batch_size=batch_size
-        )
+def predict(
+    adapter_dir: Path,
+    data: Path,
+    batch_size: int = 32,
+    max_new_tokens: int | None = None,
+    **sampling: Unpack[Keywords],
+) -> list[dict[str, Any]]:
+    """Per-row predictions for a file in the task's format: a label and score, or a tag per word;
+    for a task that generates, the output (greedy, or sampled: temperature, top_p, seed) with the
+    row's prompt and references (rows may lack them)."""
+    from adapterkit import generating
+    from adapterkit.sampling import Settings
+
+    settings = Settings(max_new_tokens=max_new_tokens, batch_size=batch_size, **sampling)
+    return generating.predict(Path(adapter_dir), Path(data), settings)
 
 
+@overload
 def generate(
     prompt: str,
     adapter: Path | None = None,
     model: str | None = None,
     max_new_tokens: int = 128,
     task: str | None = None,
-) -> str:
-    """Greedy answer to `prompt` in the task's format, with an adapter or a bare base model (and
-    `task`, the registered task to prompt it as; optional when only one task generates)."""
-    dtype = None
-    if adapter is not None:
-        loaded = load(adapter)
-        chosen, t_opts, m, tok = loaded.task, loaded.task_options, loaded.model, loaded.tokenizer
-        dtype = loaded.compute_dtype
-    else:
-        chosen = _generating_task(task)
-        if model is None:
-            raise TypeError("generate() needs an adapter or a model")
-        t_opts, _ = opts.parse(type(chosen).Options, {}, "task")
-        m, tok = chosen.load_model(sources.resolve(model), t_opts, {})
-        m.eval()
-    answer = getattr(chosen, "generate", None)  # an optional Task member
-    if answer is None:
-        raise UserError(f"task '{chosen.name}' does not generate text; use `adapterkit predict`")
-    with precision.autocast(m, dtype):
-        return answer(m, tok, prompt, t_opts, max_new_tokens=max_new_tokens)
+    batch_size: int = 8,
+    **sampling: Unpack[Keywords],
+) -> str: ...
+@overload
+def generate(
+    prompt: list[str],
+    adapter: Path | None = None,
+    model: str | None = None,
+    max_new_tokens: int = 128,
+    task: str | None = None,
+    batch_size: int = 8,
+    **sampling: Unpack[Keywords],
+) -> list[str]: ...
+def generate(
+    prompt: str | Sequence[str],
+    adapter: Path | None = None,
+    model: str | None = None,
+    max_new_tokens: int = 128,
+    task: str | None = None,
+    batch_size: int = 8,
+    **sampling: Unpack[Keywords],
+) -> str | list[str]:
+    """The answer to `prompt` in the task's format (a list of prompts: one answer each, in order),
+    with an adapter or a bare base model (and `task`, the registered task to prompt it as;
+    optional when only one task generates), `batch_size` prompts at a time. Greedy by default;
+    `sampling`: temperature (0: greedy), top_p (1), seed (None: a fresh one), as
+    adapterkit.sampling.Settings; the same seed gives the same answers at any batch size."""
+    from adapterkit import generating
+    from adapterkit.sampling import Settings
 
-
-def _generating_task(name: str | None) -> Task:
-    """The task `name`, or else the one registered task that generates (has `generate`), for a
-    bare base model."""
-    from adapterkit.plugins import load_registry
-
-    registry = load_registry()
-    if name is not None:
-        return registry.task(name)
-    names = [n for n in registry.names("task") if hasattr(registry.classes["task"][n], "generate")]
-    if len(names) != 1:
-        raise UserError(
-            "a base model without an adapter: say which task to prompt it as with --task "
-            f"(tasks that generate: {', '.join(names) or 'none'})"
-        )
-    return registry.task(names[0])
+    settings = Settings(max_new_tokens=max_new_tokens, batch_size=batch_size, **sampling)
+    if isinstance(prompt, str):
+        return generating.generate([prompt], adapter, model, task, settings)[0]
+    return generating.generate(list(prompt), adapter, model, task, settings)
 
 
 def summary(metrics: dict[str, Any], out_dir: Path) -> str:

@@ -92,7 +92,7 @@ def build_model(
         applied = strategy_api.plan_apply(strategy, model, strategy_options, parts)
         return Built(applied, None, parts)
     if seed is not None:
-        from adapterkit.train.optim import seed as seed_everything
+        from adapterkit.training.optim import seed as seed_everything
 
         seed_everything(seed)
     kwargs = load_kwargs(strategy, strategy_options, parts, settings or LoadSettings())
@@ -107,6 +107,6 @@ AUTO_DTYPES = ("auto",)
 def base_dtype(requested: str, precision: str) -> str:
     """The dtype the base loads in: the compute dtype of a resolved `precision` for an `auto`
     `model.dtype` (bfloat16 for bf16, float16 for fp16), else `requested` as it is."""
-    from adapterkit.train.precision import compute_dtype
+    from adapterkit.training.precision import compute_dtype
 
     return compute_dtype(precision) if requested in AUTO_DTYPES else requested

@@ -44,6 +44,26 @@ class TrainingError(UserError):
     """Training cannot go on (diverged, out of memory); the message says what to try."""
 
 
+class GGUFError(UserError):
+    """A model cannot be exported as GGUF (not a Llama-family causal LM, a tokenizer or chat template
+    llama.cpp/Ollama cannot carry, a bad --out path), or the file read back differs beyond its
+    tolerance; the message names the model, file or setting."""
+
+
+class MergeError(UserError):
+    """A merged model cannot be written (its --out exists, or its parent is a file), or finds no
+    rows to verify it on; the message names the directory or file and what to pass instead."""
+
+
+class VerificationFailed(MergeError):
+    """The merged model differs from base + adapter beyond its dtype's tolerance; nothing was kept
+    (unless forced). `report` is the verification report (what verify.json holds)."""
+
+    def __init__(self, message: str, report: dict) -> None:
+        super().__init__(message)
+        self.report = report
+
+
 class OutOfMemoryError(TrainingError):
     """A training step could not allocate memory; the message says what to change."""
 

@@ -4,7 +4,7 @@
     task:     {name, options}
     data:     {train, eval, max_train_rows, max_eval_rows}
     strategy: {name, options}
-    train:    adapterkit.train.config.TrainConfig (steps, batch, schedule, precision, ...)
+    train:    adapterkit.training.config.TrainConfig (steps, batch, schedule, precision, ...)
 
 `resolve` fills defaults and parses the strategy's and task's options into their dataclasses before
 anything heavy loads (no torch import), so a typo costs milliseconds, not a model load.
@@ -13,7 +13,9 @@ anything heavy loads (no torch import), so a typo costs milliseconds, not a mode
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -23,9 +25,11 @@ from pydantic import Field
 from adapterkit import options as opts
 from adapterkit.errors import RecipeError, UserError
 from adapterkit.registry import Registry
-from adapterkit.train.config import TrainConfig
+from adapterkit.training.config import TrainConfig
 
 SECTIONS = ("model", "task", "data", "strategy", "train")
+# The name a recipe given as a mapping goes by in messages (its paths are relative to the cwd).
+DICT_SOURCE = "<recipe dict>"
 
 _Section = TypeVar("_Section")
 
@@ -229,15 +233,25 @@ def _resolve_path(value: str, base: Path, from_override: bool) -> str:
 
 
 def resolve(
-    path: str | Path, overrides: list[str] | tuple[str, ...] = (), registry: Registry | None = None
+    path: str | Path | Mapping[str, Any],
+    overrides: list[str] | tuple[str, ...] = (),
+    registry: Registry | None = None,
 ) -> Recipe:
-    """Read, override and validate a recipe; raise RecipeError listing every problem."""
+    """Read, override and validate a recipe; raise RecipeError listing every problem.
+
+    `path` is a recipe file, or the recipe itself as a mapping (the Python API's `train({...})`):
+    its data paths are then relative to the working directory, as overrides are.
+    """
     if registry is None:
         from adapterkit.plugins import load_registry
 
         registry = load_registry()
-    path = Path(path)
-    data, lines = load_yaml(path)
+    if isinstance(path, Mapping):
+        data, lines = copy.deepcopy(dict(path)), {}
+        label, base = DICT_SOURCE, Path.cwd()
+    else:
+        data, lines = load_yaml(Path(path))
+        label, base = str(path), Path(path).resolve().parent
     touched, problems = apply_overrides(data, list(overrides))
 
     problems += [
@@ -257,18 +271,7 @@ def resolve(
     )
 
     if dsec is not None:
-        base = path.resolve().parent
-        dsec.train = _resolve_path(dsec.train, base, "data.train" in touched)
-        if dsec.eval is not None and dsec.holdout is not None:
-            problems.append("data.holdout: give data.eval or data.holdout, not both")
-        for key in ("eval", "test"):
-            value = getattr(dsec, key)
-            if value is not None:
-                setattr(dsec, key, _resolve_path(value, base, f"data.{key}" in touched))
-        for key in ("train", "eval", "test"):
-            value = getattr(dsec, key)
-            if value is not None and not Path(value).is_file():
-                problems.append(f"data.{key}: file not found: {value}")
+        _resolve_data(dsec, base, touched, problems)
 
     # A section is None only when it is missing or did not parse, and either is a problem.
     if (
@@ -279,8 +282,23 @@ def resolve(
         or strategy is None
         or train is None
     ):
-        raise RecipeError(str(path), [_with_line(p, lines, touched) for p in problems])
-    return Recipe(str(path), model, task, dsec, strategy, train)
+        raise RecipeError(label, [_with_line(p, lines, touched) for p in problems])
+    return Recipe(label, model, task, dsec, strategy, train)
+
+
+def _resolve_data(dsec: DataSection, base: Path, touched: list[str], problems: list[str]) -> None:
+    """Make the data paths absolute (file paths relative to `base`) and check the files exist."""
+    dsec.train = _resolve_path(dsec.train, base, "data.train" in touched)
+    if dsec.eval is not None and dsec.holdout is not None:
+        problems.append("data.holdout: give data.eval or data.holdout, not both")
+    for key in ("eval", "test"):
+        value = getattr(dsec, key)
+        if value is not None:
+            setattr(dsec, key, _resolve_path(value, base, f"data.{key}" in touched))
+    for key in ("train", "eval", "test"):
+        value = getattr(dsec, key)
+        if value is not None and not Path(value).is_file():
+            problems.append(f"data.{key}: file not found: {value}")
 
 
 def _with_line(problem: str, lines: dict[str, int], touched: list[str]) -> str:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, cast, runtime_checkable
 
 if TYPE_CHECKING:
     import torch
@@ -85,6 +85,16 @@ class Strategy(Protocol):
 #       (QLoRA: the LoRA wrapping, since its `apply` wants a 4-bit model).
 #   extra_files(model, options) -> dict[str, bytes]     (default: none)
 #       Files written next to the adapter (LoRA writes peft's `adapter_config.json`).
+#   merge(model, options) -> nn.Module                 (default: see `merged_model`)
+#       The adapted model (as `apply` and `load_adapter_state_dict` left it) as the task's plain
+#       transformers model with the adapter's update merged into its weights: no wrapper, no
+#       adapter layers, no 4-bit layers (`adapterkit merge`). It may change `model` in place. The
+#       default suits a strategy that trains the model's own parameters (they already hold the
+#       trained values) and one whose wrapper merges itself (peft's `merge_and_unload`); a strategy
+#       over a 4-bit base defines it to merge into the dequantized weights. For `--base original`
+#       the core builds the full-precision base with `plan_apply` (never quantized) instead of
+#       `load_kwargs` + `apply`, loads the adapter, and calls this the same way. The core then
+#       checks the result's tensors against the task's plain model, name by name.
 # The core reaches them only through the functions below, never by a strategy's name.
 
 
@@ -104,6 +114,19 @@ def extra_files(strategy: Strategy, model: nn.Module, options: Any) -> dict[str,
     """The strategy's `extra_files(model, options)`, or none."""
     own = getattr(strategy, "extra_files", None)
     return dict(own(model, options)) if own is not None else {}
+
+
+def merged_model(strategy: Strategy, model: nn.Module, options: Any) -> nn.Module:
+    """`strategy.merge(model, options)`; by default a model that merges itself (has peft's
+    `merge_and_unload`) is merged, refusing an update that is not finite, and any other is
+    returned as it is: the trained tensors are the model's own parameters."""
+    own = getattr(strategy, "merge", None)
+    if own is not None:
+        return own(model, options)
+    merge_self = getattr(model, "merge_and_unload", None)
+    if callable(merge_self):
+        return cast("nn.Module", merge_self(safe_merge=True))
+    return model
 
 
 # ---- helpers -------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+    from adapterkit.sampling import Settings
     from adapterkit.storage.sources import ModelSource
     from adapterkit.strategy import ModelParts
 
@@ -106,11 +107,35 @@ class Task(Protocol):
 #   predict(model, tokenizer, rows, options, batch_size) -> list[dict]   for `adapterkit predict`
 #       (a label and score per row, or a tag per word); rows may lack labels.
 #   generate(model, tokenizer, prompt, options, max_new_tokens) -> str    for `adapterkit generate`
+#       The greedy reply to one prompt (the old single-prompt form; `generate_batch` supersedes it).
+#   generate_batch(model, tokenizer, prompts, options, settings) -> list[str]
+#       The reply to each prompt (strings a user typed, put in the task's prompt format), in order,
+#       as `settings` (adapterkit.sampling.Settings) say: max_new_tokens, batch_size, greedy
+#       (temperature 0) or seeded sampling (temperature, top_p, seed), with the `model.generate`
+#       arguments `sampling.generate_kwargs` gives. Default: `generate` once per prompt, greedy only.
+#   read_prompts(path, options) -> list[dict]
+#       Rows of a file to generate for (`adapterkit predict`): the task's data format, where the
+#       response (the target) may be missing. Default: `read`.
+#   generate_rows(model, tokenizer, rows, options, settings) -> list[dict]
+#       `adapterkit predict` for a task that generates: per row (from `read_prompts`), its line,
+#       its prompt, the generated "prediction" and its "references" where it has them, as
+#       `settings` say. Default: `predict(...)` with `settings.batch_size`, default settings only.
 #   generated_metrics(model, tokenizer, examples, options) -> dict
 #       Figures of text the model generates for the encoded eval `examples` (BLEU, ROUGE, exact
 #       match...), added to `evaluate`'s wherever the core evaluates: the evals during training, the
 #       test set, `adapterkit eval`. Called with the model in eval mode, without gradients; the task
 #       bounds the work itself (how many rows, how many new tokens). Default: no such figures.
+#   logits(model, batch) -> Tensor
+#       Float32 logits of a batch (on the model's device; called without gradients, in eval mode),
+#       as a [N, C] tensor: one row per scored position, whose softmax is the model's distribution
+#       there. `adapterkit merge` compares a merged model's with base + adapter's (max difference,
+#       KL). Default: `model(input_ids, attention_mask[, token_type_ids]).logits`, the real tokens
+#       of a [rows, tokens, C] output (or the [rows, C] output itself); a packed batch (position
+#       ids, a mask of ones) goes in as position ids, transformers' own packed-sequence form.
+#   generation_settings(options, tokenizer) -> dict[str, Any]
+#       Generation-config fields an exported (merged) model carries, e.g. the end-of-turn token
+#       among `eos_token_id` for a chat model, so plain `generate` stops where adapterkit's does.
+#       Default: none (the base model's generation config stays as it is).
 # The core reaches them only through the functions below, never by a task's name.
 
 
@@ -178,3 +203,101 @@ def collate_all(
         task.collate(examples[i : i + size], tokenizer, options)
         for i in range(0, len(examples), size)
     ]
+
+
+def generates(task: object) -> bool:
+    """Whether a task (or task class) generates text (`generate_batch`, or the single-prompt
+    `generate`)."""
+    return hasattr(task, "generate_batch") or hasattr(task, "generate")
+
+
+def generate_batch(
+    task: Task,
+    model: nn.Module,
+    tokenizer: Any,
+    prompts: list[str],
+    options: Any,
+    settings: Settings,
+) -> list[str]:
+    """`task.generate_batch(...)`, or `task.generate(...)` once per prompt (greedy only: a task
+    with just the single-prompt form cannot sample); a UserError for a task that does not generate."""
+    from adapterkit.errors import UserError
+
+    own = getattr(task, "generate_batch", None)
+    if own is not None:
+        return [str(t) for t in own(model, tokenizer, list(prompts), options, settings)]
+    single = getattr(task, "generate", None)
+    if single is None:
+        raise UserError(f"task '{task.name}' does not generate text; use `adapterkit predict`")
+    if settings.sampling:
+        raise UserError(
+            f"task '{task.name}' generates greedily only (it has no generate_batch member); "
+            "use temperature 0"
+        )
+    limit = settings.new_tokens(options)
+    return [str(single(model, tokenizer, p, options, max_new_tokens=limit)) for p in prompts]
+
+
+def read_prompts(task: Task, path: Path, options: Any) -> list[dict[str, Any]]:
+    """`task.read_prompts(path, options)` (rows whose response may be missing), or `task.read`."""
+    own = getattr(task, "read_prompts", None)
+    return own(path, options) if own is not None else task.read(path, options)
+
+
+def generate_rows(
+    task: Task,
+    model: nn.Module,
+    tokenizer: Any,
+    rows: list[dict[str, Any]],
+    options: Any,
+    settings: Settings,
+) -> list[dict[str, Any]]:
+    """`adapterkit predict`: `task.generate_rows(...)`, or `task.predict(...)` with
+    `settings.batch_size` when nothing else is chosen; a UserError for a task that has neither,
+    or whose predictions take no generation settings."""
+    from adapterkit.errors import UserError
+
+    own = getattr(task, "generate_rows", None)
+    if own is not None:
+        return list(own(model, tokenizer, rows, options, settings))
+    predict = getattr(task, "predict", None)
+    if predict is None:
+        raise UserError(f"task '{task.name}' has no predictions; use `adapterkit generate`")
+    if settings.chosen:
+        raise UserError(
+            f"task '{task.name}' predicts without generation settings (max_new_tokens, "
+            "temperature, top_p, seed); leave them out"
+        )
+    return list(predict(model, tokenizer, rows, options, batch_size=settings.batch_size))
+
+
+def logits(task: Task, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """`task.logits(model, batch)`, or the model's own `.logits` at the batch's real tokens, as
+    float32 [N, C] (see the optional members above)."""
+    own = getattr(task, "logits", None)
+    if own is not None:
+        return own(model, batch)
+    mask = batch["attention_mask"]
+    inputs: dict[str, Any] = {"input_ids": batch["input_ids"]}
+    if "position_ids" in batch and bool(mask.all()):
+        inputs["position_ids"] = batch[
+            "position_ids"
+        ]  # packed rows: no mask, as transformers reads
+    else:
+        inputs["attention_mask"] = mask
+    config = getattr(model, "config", None)
+    if "token_type_ids" in batch and (getattr(config, "type_vocab_size", 0) or 0) > 1:
+        inputs["token_type_ids"] = batch["token_type_ids"]
+    if hasattr(config, "use_cache"):
+        inputs["use_cache"] = False  # a decoder would build a cache no one reads (and packing
+        # is only read from position ids without one)
+    out = model(**inputs).logits.float()
+    if out.dim() == 3 and tuple(out.shape[:2]) == tuple(mask.shape):
+        return out[mask.to(out.device).bool()]
+    return out.reshape(-1, out.shape[-1])
+
+
+def generation_settings(task: Task, options: Any, tokenizer: Any) -> dict[str, Any]:
+    """`task.generation_settings(options, tokenizer)`, or {}."""
+    own = getattr(task, "generation_settings", None)
+    return dict(own(options, tokenizer)) if own is not None else {}

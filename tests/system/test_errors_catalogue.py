@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from filelock import FileLock
 from safetensors.torch import load_file, save_file
 
 from adapterkit import api
@@ -273,6 +274,81 @@ def adapter_shape_dtype(ws, tmp):
     return _eval(a, ws), [f"shape or dtype differs: {name}", "float16 in the file"]
 
 
+_HELD: list = []  # locks held while a case's command runs
+
+
+def _sweep(ws, tmp, *extra):
+    args = ["sweep", str(ws / "recipe.yaml"), "data.holdout=1", *extra]
+    return [*args, "--out", str(tmp / "sw"), "--no-progress"]
+
+
+def _refused_sweep(ws, tmp):
+    """A sweep whose one trial the budget refuses: a study on disk, no training process."""
+    from adapterkit.search import sweep
+
+    space = ["train.lr=log(1e-4,1e-3)"]
+    sweep(
+        ws / "recipe.yaml",
+        space,
+        trials=1,
+        out=tmp / "sw",
+        overrides=["data.holdout=1"],
+        budget="1KiB",
+        progress=False,
+    )
+
+
+def sweep_space(ws, tmp):
+    args = _sweep(ws, tmp, "--space", "train.lrr=log(1e-4,1e-3)")
+    return args, ["--space train.lrr=log(1e-4,1e-3): 1 problem", "train.lrr: unknown key"]
+
+
+def sweep_no_eval(ws, tmp):
+    args = ["sweep", str(ws / "recipe.yaml"), "--space", "train.lr=log(1e-4,1e-3)"]
+    return [*args, "--out", str(tmp / "sw")], ["a sweep selects on eval data", "data.holdout"]
+
+
+def sweep_out_exists(ws, tmp):
+    _refused_sweep(ws, tmp)
+    args = _sweep(ws, tmp, "--space", "train.lr=log(1e-4,1e-3)")
+    return args, [f"{tmp / 'sw'}: already exists and holds a sweep", "--resume"]
+
+
+def sweep_resume_none(ws, tmp):
+    args = [*_sweep(ws, tmp, "--space", "train.lr=log(1e-4,1e-3)"), "--resume"]
+    return args, [f"{tmp / 'sw'}: no sweep to resume"]
+
+
+def sweep_resume_differs(ws, tmp):
+    _refused_sweep(ws, tmp)
+    args = [*_sweep(ws, tmp, "--space", "train.lr=log(1e-4,1e-2)"), "--resume"]
+    return args, ["cannot resume", 'space train.lr: "log(0.0001,0.001)" -> "log(0.0001,0.01)"']
+
+
+def sweep_locked(ws, tmp):
+    _refused_sweep(ws, tmp)
+    lock = FileLock(str(tmp / "sw" / "sweep.lock"), thread_local=False)
+    lock.acquire()
+    _HELD.append(lock)
+    args = [*_sweep(ws, tmp, "--space", "train.lr=log(1e-4,1e-3)"), "--resume"]
+    return args, [f"{tmp / 'sw'}: another sweep is running there"]
+
+
+def tune_only(ws, tmp):
+    args = ["compare", str(ws / "recipe.yaml"), "--tune-space", "train.lr=log(1e-4,1e-3)"]
+    return args, ["--tune-space: only with --tune N"]
+
+
+def inspect_not_adapterkit(ws, tmp):
+    args = ["inspect", str(ws / "tiny")]
+    return args, [f"{ws / 'tiny'}: no adapterkit.json", "a Hugging Face model directory"]
+
+
+def inspect_not_a_directory(ws, tmp):
+    args = ["inspect", str(ws / "recipe.yaml")]
+    return args, [f"{ws / 'recipe.yaml'}: is a file, not a directory"]
+
+
 def adapter_remote_code(ws, tmp):
     a = _adapter(ws, tmp)
     _edit_manifest(a, lambda m: m["base_model"].update(trust_remote_code=True))
@@ -300,6 +376,69 @@ def resume_none(ws, tmp):
 
 def resume_overwrite(ws, tmp):
     return [*_train(ws, tmp), "--resume", "--overwrite"], ["contradict"]
+
+
+def _generate(ws: Path, *flags: str) -> list[str]:
+    return ["generate", "--model", str(ws / "tiny"), "--task", "causal_lm", *flags]
+
+
+def prompts_empty(ws, tmp):
+    f = _file(tmp, "prompts.txt", "\n  \n")
+    return _generate(ws, "--prompts", str(f)), [str(f), "no prompts"]
+
+
+def prompts_directory(ws, tmp):
+    return _generate(ws, "--prompts", str(tmp)), [str(tmp), "is a directory"]
+
+
+def sampling_range(ws, tmp):
+    args = ["generate", "hi", "--adapter", str(ws / "run"), "--temperature", "-1"]
+    return args, ["temperature must be 0 (greedy) or above"]
+
+
+def out_directory(ws, tmp):
+    args = ["predict", "--adapter", str(ws / "run"), str(ws / "train.jsonl"), "--out", str(tmp)]
+    return args, [str(tmp), "is a directory", "--out"]
+
+
+def _merge(adapter: Path, out: Path, *flags: str) -> list[str]:
+    return ["merge", "--adapter", str(adapter), "--out", str(out), *flags]
+
+
+def merge_adapter_missing(ws, tmp):
+    return _merge(tmp / "nope", tmp / "m"), [f"{tmp / 'nope'}: no such adapter directory"]
+
+
+def merge_not_an_adapter(ws, tmp):
+    (tmp / "plain").mkdir()
+    return _merge(tmp / "plain", tmp / "m"), [f"{tmp / 'plain'}/adapter_model.safetensors: missing"]
+
+
+def merge_base_missing(ws, tmp):
+    a = _adapter(ws, tmp)
+    _edit_manifest(a, lambda m: m["base_model"].update(name=str(tmp / "gone")))
+    return _merge(a, tmp / "m"), [f"{a}/adapterkit.json", "base model", str(tmp / "gone")]
+
+
+def merge_out_exists(ws, tmp):
+    args = _merge(ws / "run", ws / "run", "--data", str(ws / "train.jsonl"))
+    return args, [f"{ws / 'run'}: already exists", "never replaces"]
+
+
+def merge_out_parent_file(ws, tmp):
+    out = ws / "train.jsonl" / "merged"
+    return _merge(ws / "run", out), [f"{ws / 'train.jsonl'}: not a directory", str(out)]
+
+
+def merge_no_eval_data(ws, tmp):
+    return _merge(ws / "run", tmp / "m"), [f"{ws / 'run'}/recipe.yaml", "no eval data", "--data"]
+
+
+def merge_tolerance(ws, tmp):
+    a = _adapter(ws, tmp)
+    _edit_tensors(a, lambda t: t.update({k: v * 1e5 for k, v in t.items() if "lora_B" in k}))
+    args = _merge(a, tmp / "m", "--dtype", "fp16", "--data", str(ws / "train.jsonl"))
+    return args, ["float16 tolerance", "max |dlogit| inf", "nothing was written"]
 
 
 CASES: dict[str, Case] = {

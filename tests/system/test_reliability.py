@@ -285,8 +285,8 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(tmp_path: 
     from adapterkit.strategy import freeze, trainable_state_dict, unfreeze
     from adapterkit.tasks.causal_lm import CausalLM, Options
     from adapterkit.testing import tiny_llama, tiny_tokenizer
-    from adapterkit.train.inputs import AdapterBinding, TrainData
-    from adapterkit.train.trainer import TrainConfig, fit
+    from adapterkit.training.inputs import AdapterBinding, TrainData
+    from adapterkit.training.trainer import TrainConfig, fit
 
     class Diverging(CausalLM):
         calls = 0

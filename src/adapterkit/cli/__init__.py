@@ -10,7 +10,7 @@ import sys
 
 import click
 
-from adapterkit.cli import listing, training, using
+from adapterkit.cli import exporting, inspecting, listing, merging, sweeping, training, using
 from adapterkit.cli._group import cli
 from adapterkit.errors import UserError
 
@@ -23,10 +23,14 @@ for _command in (
     listing.recipes,
     training.train,
     training.compare,
+    sweeping.sweep,
     training.plan,
     using.eval_,
     using.predict,
     using.generate,
+    inspecting.inspect,
+    exporting.export,
+    merging.merge,
 ):
     cli.add_command(_command)
 

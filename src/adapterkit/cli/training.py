@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import click
 
@@ -21,9 +21,17 @@ from adapterkit.errors import UserError
     "--resume",
     is_flag=True,
     help="Continue the run in --out from its latest checkpoint (same recipe; only "
-    "train.max_steps may change).",
+    "train.max_steps and train.log_with may change).",
 )
 @click.option("--no-progress", is_flag=True, help="No progress bar (logs still written).")
+@click.option(
+    "--num-processes",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Data-parallel processes on this machine (torch elastic; one GPU each, or CPU). "
+    "The global batch is batch_size x grad_accum x processes (docs/distributed.md).",
+)
 def train(
     recipe: Path,
     overrides: tuple[str, ...],
@@ -31,22 +39,33 @@ def train(
     overwrite: bool,
     resume: bool,
     no_progress: bool,
+    num_processes: int,
 ) -> None:
     """Fine-tune as RECIPE says; OVERRIDES are section.key=value (e.g. train.max_steps=10).
 
     Ctrl-C or SIGTERM finishes the current step, writes a checkpoint, and prints the command
-    that resumes the run.
+    that resumes the run. Under a launcher (`accelerate launch -m adapterkit train ...`,
+    torchrun) every process trains its share of each step; only the main one writes.
     """
     import shlex
 
     from adapterkit import api
     from adapterkit.recipe import resolve
+    from adapterkit.training import distributed
 
     if resume and overwrite:
         raise UserError("--resume and --overwrite contradict each other; give one of them")
     resolved = resolve(recipe, overrides)
     out = out or Path("runs") / recipe.stem
+    if num_processes > 1 and distributed.world_size() == 1:  # launch them; each runs this again
+        flags = ["--overwrite"] * overwrite + ["--resume"] * resume
+        flags += ["--no-progress"] * no_progress
+        argv = ["train", str(recipe), *overrides, "--out", str(out), *flags]
+        distributed.launch(num_processes, argv)
+        return
     again = ["adapterkit", "train", str(recipe), *overrides, "--out", str(out), "--resume"]
+    if distributed.world_size() > 1:
+        again += ["--num-processes", str(distributed.world_size())]
     metrics = api.train(
         resolved,
         out,
@@ -55,7 +74,8 @@ def train(
         resume=resume,
         resume_hint=shlex.join(again),
     )
-    click.echo(api.summary(metrics, out))
+    if distributed.is_main_process():
+        click.echo(api.summary(metrics, out))
 
 
 @click.command()
@@ -69,6 +89,22 @@ def train(
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON, not a table.")
 @click.option("--memory-limit", help="Cap each run's address space, e.g. 4GiB (RLIMIT_AS).")
 @click.option("--no-progress", is_flag=True, help="No per-run output (logs still written).")
+@click.option(
+    "--tune",
+    type=click.IntRange(min=1),
+    help="Sweep each strategy first (N trials, selected on the eval data) and compare them at "
+    "their selected settings [no sweep].",
+)
+@click.option(
+    "--tune-space",
+    multiple=True,
+    metavar="KEY=SPEC",
+    help="With --tune: what to search, as `sweep --space` [train.lr=log(lr/10,lr*3), around "
+    "each strategy's recipe value].",
+)
+@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="With --tune: trial processes at once.")  # fmt: skip
+@click.option("--seed", type=int, default=0, show_default=True, help="With --tune: sampler seed.")
 def compare(
     recipe: Path,
     overrides: tuple[str, ...],
@@ -77,26 +113,57 @@ def compare(
     as_json: bool,
     memory_limit: str | None,
     no_progress: bool,
+    **tuning: Any,
 ) -> None:
     """Train RECIPE once per strategy, each in its own process; print a comparison table.
 
     OVERRIDES are section.key=value for every run, or <strategy>.<option>=value for one (lora.r=16).
     A failed run keeps its row with the reason; the exit status is 2 only when every run failed.
+    With --tune N each strategy is first swept (`adapterkit sweep`, in OUT/tune/<strategy>/) and
+    its row is its selected trial; the table says which settings each row used.
     """
-    from adapterkit.compare import runs
+    from adapterkit.comparison import runs
 
     limit = units.parse_size(memory_limit, "--memory-limit") if memory_limit else None
+    _check_tuning(tuning, limit)
     if strategies is None:
         from adapterkit.plugins import load_registry
 
         strategies = ",".join(load_registry().names("strategy"))
     names = [s.strip() for s in strategies.split(",") if s.strip()]
     out = out or Path("runs") / f"compare-{recipe.stem}"
-    rows = runs.run(recipe, names, list(overrides), out, not no_progress, limit)
+    if tuning["tune"]:
+        from adapterkit.comparison import tuned
+
+        rows = tuned.run(
+            recipe,
+            names,
+            list(overrides),
+            out,
+            trials=tuning["tune"],
+            space=list(tuning["tune_space"]),
+            jobs=tuning["jobs"],
+            seed=tuning["seed"],
+            progress=not no_progress,
+        )
+    else:
+        rows = runs.run(recipe, names, list(overrides), out, not no_progress, limit)
     text = json.dumps(rows, indent=2, default=str) if as_json else runs.markdown_table(rows)
     click.echo(text.rstrip("\n"))
     if all(r["error"] for r in rows):
         raise UserError(f"every run failed; see the table and {out}/logs/")
+
+
+def _check_tuning(tuning: dict[str, Any], memory_limit: int | None) -> None:
+    """--tune-space, --jobs and --seed belong to --tune; --memory-limit does not combine with it."""
+    if tuning["tune"]:
+        if memory_limit is not None:
+            raise UserError("--memory-limit does not combine with --tune (a sweep has --budget)")
+        return
+    given = [f"--{k.replace('_', '-')}" for k in ("tune_space",) if tuning[k]]
+    given += ["--jobs"] * (tuning["jobs"] != 1) + ["--seed"] * (tuning["seed"] != 0)
+    if given:
+        raise UserError(f"{', '.join(given)}: only with --tune N")
 
 
 @click.command()
@@ -124,7 +191,7 @@ def plan(
 ) -> None:
     """Estimate training memory per strategy from the model's config alone (no weights read)."""
     from adapterkit.api import quiet_known_notices
-    from adapterkit.plan import memory, report
+    from adapterkit.planning import memory, report
     from adapterkit.recipe import resolve
 
     quiet_known_notices()

@@ -247,6 +247,7 @@ _MANIFEST_FIELDS: dict[str, tuple[type, ...]] = {
     "base_model.fingerprint": (str,),
     "base_model.dtype": (str, type(None)),
     "base_model.trust_remote_code": (bool, type(None)),
+    "base_model.chain": (list, type(None)),
 }
 _REQUIRED = {"strategy", "strategy.name", "task", "task.name", "base_model", "base_model.name"}
 _REQUIRED |= {"base_model.fingerprint"}

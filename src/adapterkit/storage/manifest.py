@@ -48,6 +48,7 @@ def build(recipe: Recipe, source: sources.ModelSource, task: Task, tokenizer: An
             "gguf_sha256": source.gguf_sha256,
             "dtype": recipe.model.dtype,
             "trust_remote_code": recipe.model.trust_remote_code,
+            **({"chain": list(source.chain)} if source.chain else {}),
         },
         "versions": versions(),
     }

@@ -65,6 +65,9 @@ class ModelSource:
     name: str  # what the user wrote: a short name ("smollm2-135m") or a path
     path: Path  # a local HF directory: config.json, *.safetensors, tokenizer files
     gguf_sha256: str | None  # sha256 of the GGUF file it was converted from, else None
+    # For a previous run used as the base (adapterkit.storage.chain): the runs it merges, oldest
+    # first, each with its own base model's fingerprint; recorded in the next run's manifest.
+    chain: tuple[dict[str, Any], ...] = ()
 
 
 def set_offline() -> None:
@@ -90,8 +93,9 @@ def cache_root() -> Path:
 def resolve(name_or_path: str, cache_dir: Path | None = None) -> ModelSource:
     """Turn what the user wrote into a local HF directory, converting a GGUF file once if needed.
 
-    `name_or_path` is an embedded short name (see `EMBEDDED`), a local HF directory, or a `.gguf`
-    file. `cache_dir` replaces `cache_root()` as the cache root; converted models go under its
+    `name_or_path` is an embedded short name (see `EMBEDDED`), a local HF directory, a `.gguf`
+    file, or a previous adapterkit run directory (merged once into a cached HF directory, see
+    `adapterkit.storage.chain`). `cache_dir` replaces `cache_root()` as the cache root; converted models go under its
     `models/` folder. Raises ModelError, naming the path and what to do, when nothing loadable is
     found. Never downloads.
     """
@@ -102,6 +106,11 @@ def resolve(name_or_path: str, cache_dir: Path | None = None) -> ModelSource:
     path = Path(name_or_path)
     with contextlib.suppress(RuntimeError):  # "~nobody": no such user; reported as not found
         path = path.expanduser()
+    from adapterkit.storage import chain
+
+    if chain.is_run(path):
+        merged, links = chain.merged_dir(path, root)
+        return ModelSource(name=name_or_path, path=merged, gguf_sha256=None, chain=links)
     if path.is_file() and path.suffix.lower() == ".gguf":
         sha = sha256_file(path)
         slug = re.sub(r"[^a-z0-9._-]+", "-", path.stem.lower()).strip("-.") or "model"

@@ -299,7 +299,7 @@ def _check_meta(
     recipe: Recipe,
 ) -> None:
     from adapterkit import task as task_api
-    from adapterkit.plan import memory
+    from adapterkit.planning import memory
     from adapterkit.storage import sources
     from adapterkit.strategy import plan_apply, trainable_named_parameters
     from adapterkit.testing._report import differences
@@ -316,7 +316,7 @@ def _check_meta(
     if diff:
         check.fail("plans on the meta device", f"plan_apply and apply train other tensors: {diff}")
     done = dataclasses.replace(recipe, task=dataclasses.replace(recipe.task, options=t_opts))
-    with check.step("adapterkit.plan.memory.from_recipe plans it"):
+    with check.step("adapterkit.planning.memory.from_recipe plans it"):
         plans = memory.from_recipe(done, [cls], "cpu")
     count = sum(p.numel() for _, p in trainable_named_parameters(trained))
     if len(plans) != 1 or plans[0].trainable_params != count:

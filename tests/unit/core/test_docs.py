@@ -33,8 +33,8 @@ def test_layout_lists_every_package_and_module() -> None:
         ):
             continue
         assert path.name in text, f"{path} is missing from the layout"
-    for name in ("train/", "storage/", "plan/", "compare/", "tasks/", "families/"):
-        assert name in text
+    for name in ("training/", "storage/", "planning/", "comparison/", "search/", "export/"):
+        assert name in text, name
 
 
 def test_every_module_says_what_it_is() -> None:

@@ -274,7 +274,7 @@ def test_train_then_predict_and_eval_through_the_cli(
 
 
 def test_the_head_is_qa_outputs_and_the_planner_plans_it(bert_dir: Path) -> None:
-    from adapterkit.plan.memory import plan
+    from adapterkit.planning.memory import plan
     from adapterkit.storage.sources import load_config
 
     source = ModelSource(name="tiny", path=bert_dir, gguf_sha256=None)

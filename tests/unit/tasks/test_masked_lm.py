@@ -206,7 +206,7 @@ def test_training_masks_change_each_epoch_and_repeat_for_the_same_seed(bert_tok)
     reason="the trainer does not pass the epoch yet (see the masked_lm handoff)",
 )
 def test_the_trainer_hands_the_epoch_to_the_masks(bert_tok) -> None:
-    from adapterkit.train.inputs import TrainData
+    from adapterkit.training.inputs import TrainData
 
     opts = Options(max_length=32, mlm_probability=0.3)
     data = TrainData(TASK, opts, TASK.encode(documents(), bert_tok, opts), None, bert_tok)

@@ -282,7 +282,7 @@ def test_a_tiny_bart_passes_the_task_check(tmp_path: Path) -> None:
 
 def _saved_bytes(loss: torch.Tensor, model: Any) -> int:
     """Bytes of the tensors autograd saved for backward, each storage once, parameters and the
-    loss's own (log-softmax, targets) left out (as tests/unit/plan/test_memory.py counts them)."""
+    loss's own (log-softmax, targets) left out (as tests/unit/planning/test_memory.py counts them)."""
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     storages: dict[int, int] = {}
     stack, seen = [loss.grad_fn], set()
@@ -307,7 +307,7 @@ def _saved_bytes(loss: torch.Tensor, model: Any) -> int:
 def test_planned_activations_are_the_saved_tensors(
     t5_dirs: dict[str, Path], kind: str, strategy: str, options: dict
 ) -> None:
-    from adapterkit.plan.memory import plan
+    from adapterkit.planning.memory import plan
 
     s = load_registry().strategy(strategy)
     source = resolve_model(str(t5_dirs[kind]))

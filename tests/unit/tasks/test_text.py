@@ -208,7 +208,7 @@ def test_block_size_past_the_models_positions_is_refused(llama_dir: Path) -> Non
 
 
 def test_plan_uses_the_block_size(llama_dir: Path, tmp_path: Path) -> None:
-    from adapterkit.plan.memory import from_recipe
+    from adapterkit.planning.memory import from_recipe
 
     recipe = _recipe(tmp_path, llama_dir, "lora", "{r: 4}", "train: {batch_size: 4}")
     (plan,) = from_recipe(resolve(recipe), None, "cpu")

@@ -299,7 +299,7 @@ def test_train_selects_by_word_accuracy_and_improves_it(trained: Path) -> None:
     manifest = json.loads((run / "adapterkit.json").read_text())
     assert manifest["task"]["options"]["metric"] == "token_accuracy"  # `auto`, settled by setup
     assert manifest["task"]["options"]["token_column"] == "FORM"
-    from adapterkit.compare import runs
+    from adapterkit.comparison import runs
 
     assert runs._run_metric(run) == ("accuracy", True)  # what `adapterkit compare` reports
 

@@ -14,7 +14,9 @@ token (ChatML's trailing newline) are masked with -100.
 
 Metrics: `eval_loss` and perplexity over the whole eval set; with `metrics` (bleu, chrf, rouge,
 exact_match, f1), also those of the replies generated for the first `max_eval_generate` eval rows
-(`generation`, `adapterkit.tasks._text_metrics`). `predict` writes the reply to each row.
+(`generation`, `adapterkit.tasks._text_metrics`). `generate_batch` answers prompts and
+`generate_rows` (`adapterkit predict`) the rows of a file, whose response may be missing
+(`read_prompts`): batched, left-padded, greedy or with seeded sampling (`adapterkit.sampling`).
 
 Torch and transformers are imported lazily so that listing tasks stays instant.
 """
@@ -167,7 +169,7 @@ class CausalLM:
         of the final hidden states (2 under bf16 autocast behind a frozen bf16 final norm), the
         dtype of the gathered states and of their gradient; `head_bytes`: of the head's weight.
         Without autocast a half head is copied to float32 (V x H x 4). The planner passes all three
-        (adapterkit.plan.memory).
+        (adapterkit.planning.memory).
         """
         rows = batch * max(length - 1, 0)
         vocab, hidden = int(config.vocab_size), int(config.hidden_size)

@@ -8,11 +8,12 @@ template, exactly as generation does.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from adapterkit.errors import ModelError
-from adapterkit.tasks._io import line_error
+from adapterkit.tasks._io import line_error, read_jsonl
 
 # End-of-turn tokens of common chat templates; used together with the tokenizer's eos token, so a
 # template whose turns end with something other than eos (Llama 3's <|eot_id|>) is handled too.
@@ -85,6 +86,44 @@ def row_messages(row: dict, path: Path, lineno: int) -> Messages:
     output = _check_text(row, "output", path, lineno)
     user = instruction + ("\n\n" + extra if extra.strip() else "")
     return [{"role": "user", "content": user}, {"role": "assistant", "content": output}]
+
+
+def prompt_row_messages(row: dict, path: Path, lineno: int) -> Messages:
+    """Validate a row to generate for: a training row, or one without the response (no "output",
+    or "messages" ending with a user turn). Its messages; the last is the assistant's only when the
+    row has a response."""
+    msgs = row.get("messages")
+    if isinstance(msgs, list) and msgs and isinstance(msgs[-1], dict):
+        if msgs[-1].get("role") == "user":  # checked as if a reply followed
+            return _check_messages([*msgs, _NO_REPLY], path, lineno)[:-1]
+        return row_messages(row, path, lineno)
+    if "messages" not in row and "output" not in row:
+        return row_messages({**row, "output": ""}, path, lineno)[:-1]
+    return row_messages(row, path, lineno)
+
+
+_NO_REPLY = {"role": "assistant", "content": ""}
+
+
+def read_rows(path: Path, check: Callable[[dict, Path, int], Messages]) -> list[dict[str, Any]]:
+    """[{"messages", "line"[, "references"]}] per JSONL row, its messages validated by `check`
+    (`row_messages`, or `prompt_row_messages` for a file to generate for)."""
+    rows = []
+    for lineno, row in read_jsonl(path):
+        item: dict[str, Any] = {"messages": check(row, path, lineno), "line": lineno}
+        refs = row_references(row, path, lineno)
+        if refs is not None:
+            item["references"] = refs
+        rows.append(item)
+    return rows
+
+
+def prompt_and_references(row: dict, msgs: Messages) -> tuple[Messages, list[str]]:
+    """The turns before the reply, and what the reply is scored against: the row's references,
+    else its response; none for a row with neither."""
+    if msgs[-1]["role"] != "assistant":
+        return msgs, list(row.get("references") or [])
+    return msgs[:-1], list(row.get("references") or [msgs[-1]["content"]])
 
 
 def row_references(row: dict, path: Path, lineno: int) -> list[str] | None:

@@ -240,6 +240,13 @@ class ExtractiveQA:
         """Start plus end cross entropy, summed over the windows, in float32."""
         return self._summed(*self._logits(model, batch), batch)
 
+    def logits(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The start logits of each window, then the end logits, [2 x windows, tokens], padding at
+        the lowest float (`Task.logits`: a softmax over each row is a span end's distribution)."""
+        import torch
+
+        return torch.cat(self._logits(model, batch))
+
     def _spans(
         self, model: nn.Module, batches: list[dict[str, torch.Tensor]], options: Options
     ) -> tuple[list[tuple[float, int]], list[WindowSpans], dict[int, list[str] | None]]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from adapterkit.sampling import Settings
 from adapterkit.tasks import _batching
 from adapterkit.tasks._loss import loss_figures
 from adapterkit.tasks.seq2seq import encoding, generation, models, readers
@@ -110,6 +111,10 @@ class Seq2Seq:
         """Summed cross entropy over the target tokens, in float32."""
         return encoding.loss(model, batch)
 
+    def logits(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Decoder logits at the target tokens, [targets, vocabulary] (`Task.logits`)."""
+        return encoding.target_logits(model, batch)
+
     def evaluate(
         self, model: nn.Module, batches: list[dict[str, torch.Tensor]], options: Options
     ) -> dict:
@@ -133,6 +138,49 @@ class Seq2Seq:
 
     # ---- inference ------------------------------------------------------------------------------
 
+    def _examples(self, tokenizer: Any, sources: list[str], options: Options) -> list[dict]:
+        rows = [{"source": s} for s in sources]
+        ids, _ = encoding.encode_sources(tokenizer, rows, options.prefix, options.max_length)
+        return [{"input_ids": x} for x in ids]
+
+    def generate_batch(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        prompts: list[str],
+        options: Options,
+        settings: Settings,
+    ) -> list[str]:
+        """The output for each source (the prefix put before it, as in training): the options'
+        search (greedy or `num_beams`), or sampled, as `settings` say."""
+        return generation.texts_for(
+            model,
+            tokenizer,
+            self._examples(tokenizer, prompts, options),
+            lambda chunk: encoding.collate(chunk, tokenizer),
+            options,
+            settings,
+        )
+
+    def generate_rows(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        rows: list[dict[str, Any]],
+        options: Options,
+        settings: Settings,
+    ) -> list[dict[str, Any]]:
+        """The output of each row: [{"line", "source", "prediction", "references"?}]."""
+        sources = [row["source"] for row in rows]
+        texts = self.generate_batch(model, tokenizer, sources, options, settings)
+        out = []
+        for row, text in zip(rows, texts, strict=True):
+            item = {"line": row.get("line"), "source": row["source"], "prediction": text}
+            if row.get("references"):
+                item["references"] = list(row["references"])
+            out.append(item)
+        return out
+
     def predict(
         self,
         model: nn.Module,
@@ -141,24 +189,8 @@ class Seq2Seq:
         options: Options,
         batch_size: int = 32,
     ) -> list[dict[str, Any]]:
-        """The generated text of each row: [{"line", "source", "prediction", "references"?}]."""
-        ids, _ = encoding.encode_sources(tokenizer, rows, options.prefix, options.max_length)
-        examples = [{"input_ids": x} for x in ids]
-        texts = generation.for_examples(
-            model,
-            tokenizer,
-            examples,
-            lambda chunk: encoding.collate(chunk, tokenizer),
-            options,
-            batch_size,
-        )
-        out = []
-        for row, text in zip(rows, texts, strict=True):
-            item = {"line": row.get("line"), "source": row["source"], "prediction": text}
-            if row.get("references"):
-                item["references"] = list(row["references"])
-            out.append(item)
-        return out
+        """`generate_rows` with the options' search."""
+        return self.generate_rows(model, tokenizer, rows, options, Settings(batch_size=batch_size))
 
     def generate(
         self,
@@ -169,14 +201,5 @@ class Seq2Seq:
         max_new_tokens: int = 128,
     ) -> str:
         """The model's output for one source (the prefix is put before it, as in training)."""
-        row = {"source": prompt}
-        ids, _ = encoding.encode_sources(tokenizer, [row], options.prefix, options.max_length)
-        return generation.for_examples(
-            model,
-            tokenizer,
-            [{"input_ids": ids[0]}],
-            lambda chunk: encoding.collate(chunk, tokenizer),
-            options,
-            1,
-            max_new_tokens,
-        )[0]
+        settings = Settings(max_new_tokens=max_new_tokens, batch_size=1)
+        return self.generate_batch(model, tokenizer, [prompt], options, settings)[0]

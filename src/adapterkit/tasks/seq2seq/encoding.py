@@ -126,6 +126,13 @@ def logits(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return out.logits.float()
 
 
+def target_logits(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Float32 decoder logits at the target tokens only, [targets, vocabulary] (the rows a merged
+    model's logits are compared on: `Task.logits`)."""
+    out = logits(model, batch)
+    return out[batch["labels"].to(out.device) != IGNORE]
+
+
 def targets(batch: dict[str, torch.Tensor]) -> int:
     """Target tokens in the batch (every label but padding)."""
     return count_targets(batch["labels"])

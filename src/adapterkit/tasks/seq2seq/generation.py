@@ -1,9 +1,9 @@
 """Generating with an encoder-decoder: greedy or beam search, decoded text, and its metrics.
 
-One path for the eval metrics (`generated_metrics`), `predict` and `generate`: the encoded sources
-go through `model.generate` in batches (right-padded, with their attention mask), with the task's
-`num_beams`, `max_new_tokens` and `length_penalty`, and the new tokens are decoded without special
-tokens. Each row's output depends only on its own source (the encoder masks the padding, the
+One path for the eval metrics (`generated_metrics`), `predict` and `generate` (`texts_for`): the
+encoded sources go through `model.generate` in batches (right-padded, with their attention mask),
+with the task's `num_beams`, `max_new_tokens` and `length_penalty`, or sampled as
+`adapterkit.sampling.Settings` say, and the new tokens are decoded without special tokens. Each row's output depends only on its own source (the encoder masks the padding, the
 decoder is causal), so the batch size does not change what is generated.
 """
 
@@ -12,7 +12,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
+from adapterkit import sampling
 from adapterkit.errors import DataError
+from adapterkit.sampling import Settings
 from adapterkit.tasks import _batching, _text_metrics
 from adapterkit.tasks.seq2seq.models import decoder_start
 
@@ -68,15 +70,33 @@ def for_examples(
     batch_size: int = GENERATE_BATCH,
     max_new_tokens: int | None = None,
 ) -> list[str]:
-    """The generated text of every example (its `input_ids`), in order."""
-    kwargs = generate_kwargs(model, tokenizer, options, max_new_tokens)
-    return _batching.per_example(
-        model,
-        examples,
-        collate,
-        lambda batch: generate_texts(model, tokenizer, batch, kwargs),
-        batch_size,
-    )
+    """The generated text of every example (its `input_ids`), in order: the options' search."""
+    settings = Settings(max_new_tokens=max_new_tokens, batch_size=max(1, int(batch_size)))
+    return texts_for(model, tokenizer, examples, collate, options, settings)
+
+
+def texts_for(
+    model: nn.Module,
+    tokenizer: Any,
+    examples: list[dict],
+    collate: Callable[[list[dict]], Batch],
+    options: Options,
+    settings: Settings,
+) -> list[str]:
+    """The generated text of every example, in order, as `settings` say: greedy settings search
+    as the options do (`num_beams`, `length_penalty`), sampling draws each row from its own
+    generator keyed by its index in `examples` (`adapterkit.sampling`)."""
+    settings = settings.resolved()  # one seed for every batch
+    search = generate_kwargs(model, tokenizer, options)
+    size = settings.batch_size
+    out: list[str] = []
+    with _batching.inference(model) as device:
+        for i in range(0, len(examples), size):
+            chunk = examples[i : i + size]
+            batch = _batching.to_device(collate(chunk), device)
+            kwargs = sampling.generate_kwargs(settings, range(i, i + len(chunk)), search)
+            out.extend(generate_texts(model, tokenizer, batch, kwargs))
+    return out
 
 
 def generated_metrics(

@@ -185,6 +185,10 @@ class SpanCorruption:
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return encoding.loss(model, batch)
 
+    def logits(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Decoder logits at the target tokens, [targets, vocabulary] (`Task.logits`)."""
+        return encoding.target_logits(model, batch)
+
     def evaluate(
         self, model: nn.Module, batches: list[dict[str, torch.Tensor]], options: Options
     ) -> dict:

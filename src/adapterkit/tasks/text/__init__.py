@@ -20,14 +20,15 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, cast
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 from pydantic import Field
 
 from adapterkit.errors import RecipeError
+from adapterkit.sampling import Settings
 from adapterkit.tasks import _batching, _models, causal_lm
 from adapterkit.tasks._loss import count_targets, loss_figures
-from adapterkit.tasks.causal_lm import CausalLM, packing
+from adapterkit.tasks.causal_lm import CausalLM, generation, packing
 from adapterkit.tasks.text import blocks, readers
 from adapterkit.tasks.text.blocks import Encoded
 
@@ -210,7 +211,37 @@ class TextLM:
             "eos_token": tokenizer.eos_token,
         }
 
+    def generation_settings(self, options: Options, tokenizer: Any) -> dict[str, Any]:
+        """An exported model stops at the end-of-document token (and eos), as `generate` does."""
+        stop = sorted({blocks.end_token_id(tokenizer, options), tokenizer.eos_token_id} - {None})
+        return {"eos_token_id": stop, "pad_token_id": tokenizer.pad_token_id}
+
     # ---- inference ------------------------------------------------------------------------------
+
+    def generate_batch(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        prompts: list[str],
+        options: Options,
+        settings: Settings,
+    ) -> list[str]:
+        """The continuation of each prompt as raw text (no chat template), greedy or sampled as
+        `settings` say; batched and left-padded (`causal_lm.generation`), each stopping at the
+        end-of-document token (or eos). The new text only, the stop token left out."""
+        end = blocks.end_token_id(tokenizer, options)
+        # An empty prompt starts a new document: the context is the end of the one before.
+        ids = [tokenizer(p, add_special_tokens=False)["input_ids"] or [end] for p in prompts]
+        search = {
+            "max_new_tokens": settings.new_tokens(options),
+            "num_beams": 1,
+            "eos_token_id": sorted({end, tokenizer.eos_token_id} - {None}),
+            "pad_token_id": end if tokenizer.pad_token_id is None else tokenizer.pad_token_id,
+        }
+        return [
+            tokenizer.decode(new, skip_special_tokens=True)
+            for new in generation.generate_ids(model, ids, settings, search)
+        ]
 
     def generate(
         self,
@@ -222,20 +253,5 @@ class TextLM:
     ) -> str:
         """The greedy continuation of `prompt` as raw text (no chat template); stops at the
         end-of-document token. Returns the new text only."""
-        import torch
-
-        end = blocks.end_token_id(tokenizer, options)
-        # An empty prompt starts a new document: the context is the end of the one before.
-        ids = tokenizer(prompt, add_special_tokens=False)["input_ids"] or [end]
-        stop = sorted({end, tokenizer.eos_token_id} - {None})
-        with _batching.inference(model) as device:
-            input_ids = torch.tensor([ids], dtype=torch.long, device=device)
-            out = cast(Any, model).generate(
-                input_ids=input_ids,
-                attention_mask=torch.ones_like(input_ids),
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                eos_token_id=stop,
-                pad_token_id=tokenizer.pad_token_id,
-            )
-        return tokenizer.decode(out[0, len(ids) :], skip_special_tokens=True)
+        settings = Settings(max_new_tokens=max_new_tokens, batch_size=1)
+        return self.generate_batch(model, tokenizer, [prompt], options, settings)[0]
