@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from adapterkit import api
 from adapterkit.cli import cli
 from adapterkit.recipe import resolve
-from adapterkit.testing import save_tiny_llama_dir
+from adapterkit.testing import save_tiny_bert_dir, save_tiny_llama_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 ROWS = [
@@ -439,6 +439,39 @@ def merge_tolerance(ws, tmp):
     _edit_tensors(a, lambda t: t.update({k: v * 1e5 for k, v in t.items() if "lora_B" in k}))
     args = _merge(a, tmp / "m", "--dtype", "fp16", "--data", str(ws / "train.jsonl"))
     return args, ["float16 tolerance", "max |dlogit| inf", "nothing was written"]
+
+
+def _export(adapter: Path, out: Path) -> list[str]:
+    return ["export", "--adapter", str(adapter), "--format", "gguf", "--out", str(out)]
+
+
+def gguf_not_llama(ws, tmp):
+    bert = save_tiny_bert_dir(tmp / "bert")
+    data = _file(tmp, "sst.csv", "sentence,label\ngood film,1\nbad film,0\n")
+    recipe = _file(
+        tmp,
+        "bert.yaml",
+        f"model: {{name: {bert}}}\ntask: {{name: sequence_classification}}\n"
+        f"data: {{train: {data}}}\nstrategy: {{name: lora, options: {{r: 2}}}}\n"
+        "train: {max_steps: 1, batch_size: 2, threads: 1}\n",
+    )
+    api.train(resolve(recipe), tmp / "bert-run", progress=False)
+    return _export(tmp / "bert-run", tmp / "b.gguf"), [
+        f"{tmp / 'bert-run'} is a bert",
+        "Llama-family causal language models only",
+    ]
+
+
+def gguf_tokenizer(ws, tmp):
+    return _export(ws / "run", tmp / "m.gguf"), [
+        f"{ws / 'run'}: tokenizer: a WordLevel model",
+        "byte-level BPE",
+    ]
+
+
+def gguf_out_exists(ws, tmp):
+    out = _file(tmp, "m.gguf", "x")
+    return _export(ws / "run", out), [f"{out}: already exists", "another --out"]
 
 
 CASES: dict[str, Case] = {

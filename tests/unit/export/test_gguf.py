@@ -189,8 +189,9 @@ def test_a_change_hidden_inside_the_q8_0_tolerance_is_still_caught(
 
     model = sharp_llama()
     other = copy.deepcopy(model)
+    layer: Any = other.model.layers[1]
     with torch.no_grad():
-        other.model.layers[1].mlp.down_proj.weight.mul_(1.05)
+        layer.mlp.down_proj.weight.mul_(1.05)
     real = writer.write_gguf
     monkeypatch.setattr(writer, "write_gguf", lambda m, *a, **k: real(other, *a, **k))
     with pytest.raises(GGUFError) as caught:
