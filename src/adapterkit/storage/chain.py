@@ -69,8 +69,6 @@ def merged_dir(run: Path, root: Path) -> tuple[Path, tuple[dict[str, Any], ...]]
     """The merged model directory of `run` (merged now if not cached), and the chain to record."""
     from filelock import FileLock
 
-    from adapterkit.export import merge as merging
-
     manifest = _manifest(run)
     key = _key(run)
     slug = re.sub(r"[^a-z0-9._-]+", "-", run.resolve().name.lower()).strip("-.") or "run"
@@ -79,9 +77,39 @@ def merged_dir(run: Path, root: Path) -> tuple[Path, tuple[dict[str, Any], ...]]
     with FileLock(str(out) + ".lock"):
         if not (out / "verify.json").is_file():
             try:
-                merging.merge(run, out, dtype="fp32")
+                _merge(run, out)
             except UserError as exc:
                 raise ModelError(
                     f"{run}: cannot use this run as a base model, its merge failed: {exc}"
                 ) from exc
     return out, links(run, manifest, key)
+
+
+def _merge(run: Path, out: Path) -> None:
+    """`adapterkit merge` of `run` into `out`, verified on the run's eval data; a run trained
+    without eval data is verified on its training file instead (the check compares two forms of
+    one model, so it needs rows, not held-out ones)."""
+    from adapterkit.errors import MergeError, VerificationFailed
+    from adapterkit.export import merge as merging
+
+    try:
+        merging.merge(run, out, dtype="fp32")
+    except VerificationFailed:
+        raise
+    except MergeError:
+        train = _train_file(run)
+        if train is None:
+            raise
+        merging.merge(run, out, dtype="fp32", data=train)
+
+
+def _train_file(run: Path) -> Path | None:
+    """The training file the run's resolved recipe (recipe.yaml) names, if it is still there."""
+    import yaml
+
+    try:
+        recipe = yaml.safe_load((run / "recipe.yaml").read_text(encoding="utf-8"))
+        train = Path(recipe["data"]["train"])
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return None
+    return train if train.is_file() else None

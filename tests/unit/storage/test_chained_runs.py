@@ -90,3 +90,21 @@ def test_a_run_directory_without_weights_is_refused(tmp_path: Path) -> None:
     assert chain.is_run(run)
     with pytest.raises(ModelError, match=r"adapter_model\.safetensors"):
         sources.resolve(str(run), cache_dir=tmp_path / "cache")
+
+
+def test_a_run_without_eval_data_is_verified_on_its_training_file(
+    runs: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    import shutil
+
+    import yaml
+
+    dapt, _, _ = runs
+    run = tmp_path / "no-eval"
+    shutil.copytree(dapt, run)
+    recipe = yaml.safe_load((run / "recipe.yaml").read_text())
+    recipe["data"]["eval"] = None
+    (run / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
+    merged, _ = chain.merged_dir(run, tmp_path / "cache")
+    report = json.loads((merged / "verify.json").read_text())
+    assert report["passed"] is True and report["data"] == recipe["data"]["train"]
