@@ -52,19 +52,21 @@ def _function() -> Any:
 _FN: Any = None
 
 
+def _logits(h: Any, w: Any, b: Any, dtype: Any) -> Any:
+    """A chunk's logits in float32, the matmul in `dtype` (`w` already in it)."""
+    z = (h.to(dtype) @ w.t()).float()
+    return z + b.float() if b is not None else z
+
+
+def _exp_shifted_(z: Any) -> Any:
+    """exp(z - max z) in place, per row; returns the row maxima [C, 1]."""
+    top = z.amax(-1, keepdim=True)
+    z.sub_(top).exp_()
+    return top
+
+
 def _build() -> Any:
     import torch
-
-    def logits(h: Any, w: Any, b: Any, dtype: Any) -> Any:
-        """A chunk's logits in float32, the matmul in `dtype` (`w` already in it)."""
-        z = (h.to(dtype) @ w.t()).float()
-        return z + b.float() if b is not None else z
-
-    def exp_shifted_(z: Any) -> Any:
-        """exp(z - max z) in place, per row; returns the row maxima [C, 1]."""
-        top = z.amax(-1, keepdim=True)
-        z.sub_(top).exp_()
-        return top
 
     class ChunkedHeadCE(torch.autograd.Function):
         """sum_i [logsumexp(h_i W^T + b) - (h_i W^T + b)[t_i]] over rows i, CHUNK rows at a time."""
@@ -77,9 +79,9 @@ def _build() -> Any:
                 w = weight.to(dtype)
                 total = torch.zeros((), dtype=torch.float32, device=h.device)
                 for s in range(0, h.shape[0], chunk):
-                    z = logits(h[s : s + chunk], w, bias, dtype)
+                    z = _logits(h[s : s + chunk], w, bias, dtype)
                     picked = z.gather(1, targets[s : s + chunk, None]).squeeze(1)
-                    top = exp_shifted_(z)
+                    top = _exp_shifted_(z)
                     total += (z.sum(-1).log() + top.squeeze(1) - picked).sum()
                     del z  # freed before the next chunk's logits exist
             ctx.save_for_backward(h, weight, bias, targets)
@@ -98,8 +100,8 @@ def _build() -> Any:
                 g = grad.float()
                 for s in range(0, h.shape[0], ctx.chunk):
                     hc = h[s : s + ctx.chunk]
-                    p = logits(hc, w, bias, ctx.dtype)
-                    exp_shifted_(p)
+                    p = _logits(hc, w, bias, ctx.dtype)
+                    _exp_shifted_(p)
                     p.div_(p.sum(-1, keepdim=True))  # the softmax, in place
                     rows = torch.arange(p.shape[0], device=p.device)
                     p[rows, targets[s : s + ctx.chunk]] -= 1.0
